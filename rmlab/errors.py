@@ -1,0 +1,30 @@
+"""Exception types for misconfiguration, raised before any training starts.
+
+Each message names the problem and the valid choices, so a user can fix the command line without reading code.
+"""
+
+
+class RmlabError(Exception):
+    """Base class of every error rmlab raises on purpose."""
+
+
+class ConfigError(RmlabError, ValueError):
+    """A config value is invalid (out of range, unknown name, wrong type)."""
+
+
+class IncompatibleError(ConfigError):
+    """A task, loss, reward (or feedback) combination that cannot work together."""
+
+
+class DataError(ConfigError):
+    """A user's data file cannot be used (missing column, non-numeric values, NaN, empty, one class)."""
+
+
+class NonFiniteLossError(RmlabError, FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise ConfigError(message) unless condition holds."""
+    if not condition:
+        raise ConfigError(message)

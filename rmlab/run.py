@@ -1,0 +1,196 @@
+"""One run: seed, validate and build everything, then track, fit, test, and close the run with its status.
+
+Nothing is recorded until the whole config has been checked (``rmlab.build``), so a bad command line never leaves a
+run behind. Once the MLflow run is open, it is closed on every path: FINISHED, FAILED (with the error), or KILLED
+(Ctrl-C or SIGTERM).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import rmlab
+from rmlab.build import Components, build_components
+from rmlab.console import compact_config, result_block
+from rmlab.errors import ConfigError
+
+log = logging.getLogger("rmlab")
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_name(cfg: DictConfig) -> str:
+    return cfg.run_name or f"{cfg.task.name}-{cfg.loss.name}-{cfg.reward.name}-s{cfg.seed}"
+
+
+def output_dir() -> Path:
+    """Hydra's output folder for this job; ./outputs/rmlab when called outside a Hydra app (tests, notebooks)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # HydraConfig not set
+        return Path.cwd() / "outputs" / "rmlab"
+
+
+def command_line() -> str:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+        return "python -m rmlab " + " ".join(shlex.quote(o) for o in overrides)
+    except ValueError:
+        return " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_tags(cfg: DictConfig) -> dict[str, str]:
+    tags = {
+        "task": cfg.task.name, "loss": cfg.loss.name, "reward": cfg.reward.name, "seed": str(cfg.seed),
+        "feedback": cfg.feedback.name, "model": cfg.model.name, "optimizer": cfg.optimizer.name,
+        "rmlab_version": rmlab.__version__, "mlflow.source.git.commit": git_commit(),
+        "mlflow.source.name": "rmlab", "command": command_line(),
+    }
+    return tags
+
+
+def quiet_lightning() -> None:
+    """Lightning sets its loggers to INFO on import (device banners, tips); rmlab prints its own summary."""
+    import warnings
+
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def make_trainer(cfg: DictConfig, callbacks: list, loggers: list):
+    import pytorch_lightning as pl
+
+    quiet_lightning()
+
+    t = cfg.trainer
+    try:
+        return pl.Trainer(
+            accelerator=t.accelerator, devices=t.devices, precision=t.precision, max_epochs=t.max_epochs,
+            gradient_clip_val=t.gradient_clip_val, deterministic=t.deterministic,
+            log_every_n_steps=t.log_every_n_steps, check_val_every_n_epoch=t.check_val_every_n_epoch,
+            fast_dev_run=t.fast_dev_run, limit_train_batches=t.limit_train_batches,
+            enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
+            enable_checkpointing=bool(t.checkpoint.enabled), logger=loggers or False, callbacks=callbacks,
+            default_root_dir=str(output_dir()),
+        )
+    except Exception as err:  # Lightning's MisconfigurationException and friends, before anything is tracked
+        raise ConfigError(f"trainer: {err}") from err
+
+
+def make_callbacks(cfg: DictConfig) -> tuple[list, Any]:
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+    callbacks: list = []
+    checkpoint = None
+    if cfg.trainer.checkpoint.enabled and not cfg.trainer.fast_dev_run:
+        checkpoint = ModelCheckpoint(dirpath=str(output_dir() / "checkpoints"), filename="best", monitor="val/reward",
+                                     mode="max", save_top_k=1, auto_insert_metric_name=False,
+                                     enable_version_counter=False)
+        callbacks.append(checkpoint)
+    stop = cfg.trainer.early_stopping
+    if stop.enabled:
+        callbacks.append(EarlyStopping(monitor="val/reward", mode="max", patience=stop.patience,
+                                       min_delta=stop.min_delta))
+    return callbacks, checkpoint
+
+
+def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
+    """Run one experiment described by a composed config. Returns the test metrics, ``val/best_reward`` and the
+    MLflow ``run_id`` (None when untracked). Raises ConfigError before anything is recorded if the config is bad."""
+    seed_all(cfg.seed)
+    parts: Components = build_components(cfg)
+    log.info(compact_config(cfg))
+
+    from rmlab.data import TaskDataModule
+    from rmlab.module import ObjectiveModule
+
+    module = ObjectiveModule(parts.model, parts.loss, parts.reward, parts.info,
+                             optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+                             max_epochs=cfg.trainer.max_epochs, log_every_n_steps=cfg.trainer.log_every_n_steps,
+                             feedback=parts.feedback)
+    data = TaskDataModule(parts.task, seed=cfg.seed)
+    callbacks, checkpoint = make_callbacks(cfg)
+    tracker = None
+    loggers = []
+    if cfg.logger.name == "mlflow" and not cfg.trainer.fast_dev_run:
+        from rmlab.tracking import Tracker, TrackerLogger
+
+        tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment)
+        loggers.append(TrackerLogger(tracker))
+    trainer = make_trainer(cfg, callbacks, loggers)
+
+    if tracker is not None:
+        _open_run(tracker, cfg, parent_run_id)
+    try:
+        trainer.fit(module, datamodule=data)
+        tested = trainer.test(module, datamodule=data, ckpt_path="best" if checkpoint else None, verbose=False)
+        results: dict[str, Any] = dict(tested[0]) if tested else {}
+        if checkpoint is not None and checkpoint.best_model_score is not None:
+            results["val/best_reward"] = float(checkpoint.best_model_score)
+        if tracker is not None:
+            final = {k: v for k, v in results.items() if k == "val/best_reward"}
+            if final:
+                tracker.log_metrics(final, step=trainer.global_step)
+            if cfg.logger.log_checkpoint and checkpoint is not None and checkpoint.best_model_path:
+                tracker.log_artifact(checkpoint.best_model_path, "checkpoints")
+    except BaseException as err:
+        if tracker is not None:
+            interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
+            tracker.finish("KILLED" if interrupted else "FAILED",
+                           error="interrupted" if interrupted else f"{type(err).__name__}: {err}")
+        raise
+    if tracker is not None:
+        tracker.finish("FINISHED")
+    results["run_id"] = tracker.run_id if tracker else None
+    print(result_block(results, parts.reward.name, results["run_id"], tracker.uri if tracker else None,
+                       _dashboard(tracker)))
+    return results
+
+
+def _dashboard(tracker) -> str | None:
+    if tracker is None:
+        return None
+    from rmlab.tracking import dashboard_command
+
+    return dashboard_command(tracker.uri)
+
+
+def _open_run(tracker, cfg: DictConfig, parent_run_id: str | None) -> None:
+    """Create the MLflow run and record everything known before training: params, tags, config, command."""
+    from rmlab.tracking import flatten
+
+    tracker.start(run_name(cfg), run_tags(cfg), parent_run_id=parent_run_id)
+    try:
+        tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+        tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        tracker.log_text(command_line() + "\n", "command.txt")
+    except BaseException as err:
+        tracker.finish("FAILED", error=f"{type(err).__name__}: {err}")
+        raise

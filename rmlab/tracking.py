@@ -1,0 +1,168 @@
+"""MLflow tracking: the store, the experiment, one run's params, tags, metrics, artifacts and final status.
+
+Rules this module keeps (see FACTS.md for why):
+- the store is ``logger.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``: the file
+  that ``mlflow ui`` opens when started in the same directory. Never the file store that Lightning defaults to.
+- experiments on a local sqlite store get an absolute artifact location beside the database (``mlartifacts/``).
+- params are logged synchronously and in full (Lightning's MLFlowLogger truncates them to 250 characters); metrics
+  asynchronously, drained before the run is closed.
+- a run always ends with an explicit status: FINISHED, FAILED (with the error in the ``error`` tag) or KILLED.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+MAX_TAG = 8000
+
+
+def resolve_tracking_uri(configured: str | None) -> str:
+    """The store a run writes to: the configured URI, else $MLFLOW_TRACKING_URI, else ./mlflow.db (absolute)."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # A relative sqlite path would move with the working directory; pin it now.
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite URI, else None."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def dashboard_command(uri: str) -> str:
+    """The command that opens the MLflow UI on this store."""
+    db = sqlite_path(uri)
+    if db is not None and db.parent == Path.cwd().resolve() and db.name == "mlflow.db":
+        return "mlflow ui"
+    if db is not None:
+        return f"mlflow ui --backend-store-uri {uri}"
+    return f"open {uri} in a browser" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"a.b.c": value-as-text}; lists stay whole (``[128, 128]``) so each key is one param."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, str) else json.dumps(value)
+    return flat
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "experiment"
+
+
+def get_or_create_experiment(client: MlflowClient, uri: str, name: str) -> str:
+    """The experiment's id, creating it (with an absolute artifact location on a local store) if needed."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    db = sqlite_path(uri)
+    location = str(db.parent / "mlartifacts" / slug(name)) if db is not None else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:
+        # Another process created it between our lookup and our create.
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+class Tracker:
+    """One MLflow run, opened by ``start`` and always closed by ``finish`` with an explicit status."""
+
+    def __init__(self, tracking_uri: str | None, experiment: str) -> None:
+        self.uri = resolve_tracking_uri(tracking_uri)
+        db = sqlite_path(self.uri)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment = experiment
+        self.experiment_id: str | None = None
+        self.run_id: str | None = None
+        self._pending: list[Any] = []
+
+    def start(self, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None) -> str:
+        self.experiment_id = get_or_create_experiment(self.client, self.uri, self.experiment)
+        all_tags = {k: str(v)[:MAX_TAG] for k, v in tags.items()}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        # Synchronous: concurrent async batches logging one param key race and are dropped silently (FACTS.md).
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()], synchronous=True)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:MAX_TAG]) for k, v in tags.items()],
+                              synchronous=True)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for operation in pending:
+            if operation is not None:
+                operation.wait()
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        """Drain queued metrics, record the error (if any) and close the run with ``status``."""
+        try:
+            self.flush()
+        finally:
+            if error:
+                self.set_tags({"error": error})
+            self.client.set_terminated(self.run_id, status=status)
+
+
+class TrackerLogger(Logger):
+    """Lightning's view of a Tracker: metrics go to the open MLflow run; the run's lifecycle stays with rmlab."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        super().__init__()
+        self.tracker = tracker
+
+    @property
+    def name(self) -> str:
+        return self.tracker.experiment
+
+    @property
+    def version(self) -> str:
+        return self.tracker.run_id or ""
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """rmlab logs the full resolved config itself, untruncated; nothing to do here."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.tracker.log_metrics(metrics, step or 0)
