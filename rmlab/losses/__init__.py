@@ -1,0 +1,27 @@
+"""Loss functions, one YAML per loss in ``conf/loss/`` (``_target_: rmlab.losses.<Class>``).
+
+Pointwise (``pointwise.py``), accept ``value`` and ``logits`` (on logits: softmax probabilities vs one-hot targets,
+summed over classes, mean over the batch):
+    MSE (mse), MAE (mae), Huber (huber), SmoothL1 (smooth_l1), LogCosh (log_cosh)
+Classification (``classification.py``), accept ``logits``:
+    CrossEntropy (cross_entropy), Focal (focal), and the label-noise-robust GCE (gce), SCE (sce), NCERCE (nce_rce)
+"""
+
+from rmlab.losses.base import Loss
+from rmlab.losses.classification import GCE, NCERCE, SCE, CrossEntropy, Focal
+from rmlab.losses.pointwise import MAE, MSE, Huber, LogCosh, PointwiseLoss, SmoothL1
+
+__all__ = [
+    "Loss",
+    "PointwiseLoss",
+    "MSE",
+    "MAE",
+    "Huber",
+    "SmoothL1",
+    "LogCosh",
+    "CrossEntropy",
+    "Focal",
+    "GCE",
+    "SCE",
+    "NCERCE",
+]

@@ -1,0 +1,167 @@
+"""Classification losses on logits: cross_entropy, focal, and the label-noise-robust gce, sce and nce_rce.
+
+All take output (B, C) raw logits and int64 targets (B,), work from ``log_softmax`` in float32 (stable, and the same
+under bf16 autocast), and return the mean over the batch. ``1 - p_y`` is computed as ``-expm1(log p_y)``, which stays
+accurate when ``p_y`` is close to 1. Per-class weight vectors are buffers, so they follow the module to its device.
+"""
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from rmlab.errors import ConfigError
+from rmlab.kinds import LOGITS, TaskInfo
+from rmlab.losses.base import Loss
+from rmlab.losses.pointwise import as_float, positive_weights
+
+# RCE clamps the one-hot target's log at log(1e-4) (Wang et al. 2019), so RCE = -log(1e-4) * (1 - p_y).
+_RCE_SCALE = -math.log(1e-4)
+
+
+def _log_p_target(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log_softmax (B, C), log p_y (B,)) in float32."""
+    log_probs = F.log_softmax(output.float(), dim=-1)
+    return log_probs, log_probs.gather(-1, target.long().unsqueeze(-1)).squeeze(-1)
+
+
+def _check_weight_length(loss: str, param: str, weights: torch.Tensor | None, info: TaskInfo) -> None:
+    if weights is not None and info.num_classes is not None and weights.numel() != info.num_classes:
+        raise ConfigError(
+            f"{loss}: {param} has {weights.numel()} entries but task {info.name!r} has {info.num_classes} classes"
+        )
+
+
+def _active_passive_weights(loss: str, alpha: Any, beta: Any) -> tuple[float, float]:
+    """Validate the (alpha, beta) mixing weights of a two-term loss: both >= 0, not both 0."""
+    alpha, beta = as_float(loss, "alpha", alpha), as_float(loss, "beta", beta)
+    if alpha < 0:
+        raise ConfigError(f"{loss}: alpha must be >= 0, got {alpha}")
+    if beta < 0:
+        raise ConfigError(f"{loss}: beta must be >= 0, got {beta}")
+    if alpha == 0 and beta == 0:
+        raise ConfigError(f"{loss}: alpha and beta must not both be 0 (the loss would be constant), got 0.0 and 0.0")
+    return alpha, beta
+
+
+class CrossEntropy(Loss):
+    """Cross entropy with optional label smoothing and class weights (exactly ``F.cross_entropy``).
+
+    With ``class_weights`` the batch reduction is PyTorch's weighted mean: sum_b w_{y_b} l_b / sum_b w_{y_b}.
+    """
+
+    accepts: ClassVar[tuple[str, ...]] = (LOGITS,)
+    class_weights: torch.Tensor | None
+
+    def __init__(self, label_smoothing: float = 0.0, class_weights: list[float] | None = None) -> None:
+        super().__init__()
+        self.label_smoothing = as_float("cross_entropy", "label_smoothing", label_smoothing)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"cross_entropy: label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        weights = None if class_weights is None else positive_weights("cross_entropy", "class_weights", class_weights)
+        # Not persistent: the weights come from the config, and checkpoints then load whatever the config says.
+        self.register_buffer("class_weights", weights, persistent=False)
+
+    def check_task(self, info: TaskInfo) -> None:
+        _check_weight_length("cross_entropy", "class_weights", self.class_weights, info)
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            output.float(), target.long(), weight=self.class_weights, label_smoothing=self.label_smoothing
+        )
+
+
+class Focal(Loss):
+    """Focal loss (Lin et al. 2017): ``-alpha_t (1 - p_y)^gamma log p_y``, plain mean over the batch.
+
+    ``alpha``: null (1), a float in (0, 1] multiplying every sample, or a list of per-class weights
+    (``alpha_t = alpha[y]``). ``gamma = 0`` and no alpha is plain cross entropy.
+    """
+
+    accepts: ClassVar[tuple[str, ...]] = (LOGITS,)
+    alpha_per_class: torch.Tensor | None
+
+    def __init__(self, gamma: float = 2.0, alpha: float | list[float] | None = None) -> None:
+        super().__init__()
+        self.gamma = as_float("focal", "gamma", gamma)
+        if self.gamma < 0:
+            raise ConfigError(f"focal: gamma must be >= 0, got {self.gamma}")
+        self.alpha = 1.0
+        per_class = None
+        if isinstance(alpha, Sequence) and not isinstance(alpha, str):
+            per_class = positive_weights("focal", "alpha", alpha)
+        elif alpha is not None:
+            self.alpha = as_float("focal", "alpha", alpha)
+            if not 0.0 < self.alpha <= 1.0:
+                raise ConfigError(f"focal: alpha must be null, a float in (0, 1] or a list of floats > 0, got {alpha}")
+        self.register_buffer("alpha_per_class", per_class, persistent=False)
+
+    def check_task(self, info: TaskInfo) -> None:
+        _check_weight_length("focal", "alpha", self.alpha_per_class, info)
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        _, log_py = _log_p_target(output, target)
+        # Floor 1 - p_y: at p_y == 1 with 0 < gamma < 1, d/dx x^gamma is infinite and 0 * inf would be a NaN gradient.
+        loss = -(-torch.expm1(log_py)).clamp_min(1e-12).pow(self.gamma) * log_py
+        if self.alpha_per_class is not None:
+            loss = loss * self.alpha_per_class[target.long()]
+        return self.alpha * loss.mean()
+
+
+class GCE(Loss):
+    """Generalized cross entropy (Zhang & Sabuncu 2018): ``(1 - p_y^q) / q``.
+
+    ``q -> 0`` approaches cross entropy, ``q = 1`` is MAE / 2 (noise-robust but slow to fit).
+    """
+
+    accepts: ClassVar[tuple[str, ...]] = (LOGITS,)
+
+    def __init__(self, q: float = 0.7) -> None:
+        super().__init__()
+        self.q = as_float("gce", "q", q)
+        if not 0.0 < self.q <= 1.0:
+            raise ConfigError(f"gce: q must be in (0, 1], got {self.q}")
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        _, log_py = _log_p_target(output, target)
+        # 1 - p_y^q = -expm1(q log p_y): no pow of a tiny probability, accurate near p_y = 1.
+        return (-torch.expm1(self.q * log_py)).mean() / self.q
+
+
+class SCE(Loss):
+    """Symmetric cross entropy (Wang et al. 2019): ``alpha CE + beta RCE``.
+
+    RCE = -sum_k p_k log(clamp(onehot_k, min=1e-4)) = -log(1e-4) (1 - p_y) ~= 9.21 (1 - p_y).
+    """
+
+    accepts: ClassVar[tuple[str, ...]] = (LOGITS,)
+
+    def __init__(self, alpha: float = 0.1, beta: float = 1.0) -> None:
+        super().__init__()
+        self.alpha, self.beta = _active_passive_weights("sce", alpha, beta)
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        _, log_py = _log_p_target(output, target)
+        rce = _RCE_SCALE * -torch.expm1(log_py)
+        return (self.alpha * -log_py + self.beta * rce).mean()
+
+
+class NCERCE(Loss):
+    """Active-passive loss NCE + RCE (Ma et al. 2020): ``alpha NCE + beta RCE``.
+
+    NCE = (-log p_y) / (-sum_k log p_k), normalised cross entropy in [0, 1]; RCE as in ``SCE``.
+    """
+
+    accepts: ClassVar[tuple[str, ...]] = (LOGITS,)
+
+    def __init__(self, alpha: float = 1.0, beta: float = 1.0) -> None:
+        super().__init__()
+        self.alpha, self.beta = _active_passive_weights("nce_rce", alpha, beta)
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        log_probs, log_py = _log_p_target(output, target)
+        nce = log_py / log_probs.sum(dim=-1)  # the two minus signs cancel
+        rce = _RCE_SCALE * -torch.expm1(log_py)
+        return (self.alpha * nce + self.beta * rce).mean()
