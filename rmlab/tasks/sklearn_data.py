@@ -1,0 +1,27 @@
+"""Datasets bundled with scikit-learn (no downloads): digits, breast_cancer, wine (classification), diabetes
+(regression). One class; the YAML's ``dataset`` picks which."""
+
+from typing import Any
+
+import numpy as np
+
+from rmlab.tasks.base import CLASSIFICATION, REGRESSION, Task, check_choice
+
+# Only the loaders that ship their data inside the sklearn wheel: fetch_* would download at run time.
+DATASETS = {"digits": CLASSIFICATION, "breast_cancer": CLASSIFICATION, "wine": CLASSIFICATION, "diabetes": REGRESSION}
+
+
+class SklearnTask(Task):
+    """``sklearn.datasets.load_<dataset>``, split, standardised and corrupted by the ``Task`` base."""
+
+    def __init__(self, *, dataset: str, **common: Any) -> None:
+        check_choice("dataset", dataset, DATASETS)
+        self.dataset = dataset
+        self.kind = DATASETS[dataset]
+        self.default_name = dataset
+        super().__init__(**common)
+
+    def _raw(self) -> tuple[np.ndarray, np.ndarray]:
+        import sklearn.datasets
+
+        return getattr(sklearn.datasets, f"load_{self.dataset}")(return_X_y=True)
