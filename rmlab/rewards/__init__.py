@@ -1,0 +1,39 @@
+"""Rewards: scores of model behaviour where higher is always better (see ``rmlab.rewards.base``).
+
+Classification (output kind ``logits``):
+    Accuracy   ``accuracy``   fraction of argmax hits; per sample
+    F1         ``f1``         macro F1
+    Precision  ``precision``  macro precision
+    Recall     ``recall``     macro recall
+    AUROC      ``auroc``      macro one-vs-rest AUROC on softmax probabilities (binary AUROC for 2 classes)
+    NegECE     ``neg_ece``    negative expected calibration error (L1, ``n_bins`` equal-width bins)
+
+Regression (output kind ``value``):
+    NegMSE     ``neg_mse``    negative mean squared error; per sample
+    NegMAE     ``neg_mae``    negative mean absolute error; per sample
+    R2         ``r2``         coefficient of determination
+    Spearman   ``spearman``   Spearman rank correlation
+
+Each has a config ``conf/reward/<name>.yaml``. ``AdaptedMetric`` (``rmlab.rewards.metrics``) is the shared
+torchmetrics wrapper that takes raw model output and makes every aggregate higher-is-better.
+"""
+
+from rmlab.rewards.base import Reward
+from rmlab.rewards.classification import AUROC, F1, Accuracy, NegECE, Precision, Recall
+from rmlab.rewards.metrics import AdaptedMetric
+from rmlab.rewards.regression import R2, NegMAE, NegMSE, Spearman
+
+__all__ = [
+    "AUROC",
+    "F1",
+    "R2",
+    "Accuracy",
+    "AdaptedMetric",
+    "NegECE",
+    "NegMAE",
+    "NegMSE",
+    "Precision",
+    "Recall",
+    "Reward",
+    "Spearman",
+]
