@@ -47,15 +47,27 @@ def instantiate(group: str, node: DictConfig | dict, **extra: Any) -> Any:
         cls = get_class(target)
     except Exception as err:  # hydra raises ImportError/ValueError variants
         raise ConfigError(f"{group}: cannot import _target_ {target!r}: {err}") from err
-    params = inspect.signature(cls).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    if "name" in params or takes_any:
+    params = accepted_parameters(cls)
+    if "name" in params:
         spec["name"] = name
-    unknown = sorted(k for k in spec if k not in params and not takes_any)
-    valid = sorted(k for k, p in params.items() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD)
+    unknown = sorted(k for k in spec if k not in params)
     check(not unknown, f"{group} {name!r} has no option {', '.join(unknown)}; its options are: "
-                       f"{', '.join(k for k in valid if k not in extra) or '(none)'}")
+                       f"{', '.join(k for k in params if k not in extra and k != 'name') or '(none)'}")
     return cls(**spec, **extra)
+
+
+def accepted_parameters(cls: type) -> list[str]:
+    """Keyword parameters a class's constructor takes, following ``**kwargs`` up to the base classes' __init__."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names += [p.name for p in params if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+                  and p.name not in names]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
 
 
 def group_options(group: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ run behind. Once the MLflow run is open, it is closed on every path: FINISHED, F
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 import random
 import shlex
 import subprocess
@@ -38,13 +39,13 @@ def run_name(cfg: DictConfig) -> str:
 
 
 def output_dir() -> Path:
-    """Hydra's output folder for this job; ./outputs/rmlab when called outside a Hydra app (tests, notebooks)."""
+    """Hydra's output folder for this job; a fresh ./outputs/<date>/<time> outside a Hydra app (tests, notebooks)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
         return Path(HydraConfig.get().runtime.output_dir)
     except ValueError:  # HydraConfig not set
-        return Path.cwd() / "outputs" / "rmlab"
+        return Path.cwd() / "outputs" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
 
 
 def command_line() -> str:
@@ -84,7 +85,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
-def make_trainer(cfg: DictConfig, callbacks: list, loggers: list):
+def make_trainer(cfg: DictConfig, callbacks: list, loggers: list, out: Path):
     import pytorch_lightning as pl
 
     quiet_lightning()
@@ -98,19 +99,19 @@ def make_trainer(cfg: DictConfig, callbacks: list, loggers: list):
             fast_dev_run=t.fast_dev_run, limit_train_batches=t.limit_train_batches,
             enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
             enable_checkpointing=bool(t.checkpoint.enabled), logger=loggers or False, callbacks=callbacks,
-            default_root_dir=str(output_dir()),
+            default_root_dir=str(out),
         )
     except Exception as err:  # Lightning's MisconfigurationException and friends, before anything is tracked
         raise ConfigError(f"trainer: {err}") from err
 
 
-def make_callbacks(cfg: DictConfig) -> tuple[list, Any]:
+def make_callbacks(cfg: DictConfig, out: Path) -> tuple[list, Any]:
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
     callbacks: list = []
     checkpoint = None
     if cfg.trainer.checkpoint.enabled and not cfg.trainer.fast_dev_run:
-        checkpoint = ModelCheckpoint(dirpath=str(output_dir() / "checkpoints"), filename="best", monitor="val/reward",
+        checkpoint = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor="val/reward",
                                      mode="max", save_top_k=1, auto_insert_metric_name=False,
                                      enable_version_counter=False)
         callbacks.append(checkpoint)
@@ -136,7 +137,8 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
                              max_epochs=cfg.trainer.max_epochs, log_every_n_steps=cfg.trainer.log_every_n_steps,
                              feedback=parts.feedback)
     data = TaskDataModule(parts.task, seed=cfg.seed)
-    callbacks, checkpoint = make_callbacks(cfg)
+    out = output_dir()
+    callbacks, checkpoint = make_callbacks(cfg, out)
     tracker = None
     loggers = []
     if cfg.logger.name == "mlflow" and not cfg.trainer.fast_dev_run:
@@ -144,7 +146,7 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
 
         tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment)
         loggers.append(TrackerLogger(tracker))
-    trainer = make_trainer(cfg, callbacks, loggers)
+    trainer = make_trainer(cfg, callbacks, loggers, out)
 
     if tracker is not None:
         _open_run(tracker, cfg, parent_run_id)

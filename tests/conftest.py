@@ -1,0 +1,39 @@
+"""Shared test helpers: compose configs in-process, point every output (MLflow store, checkpoints) at tmp_path."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from rmlab.paths import CONFIG_DIR
+
+REPO = Path(__file__).resolve().parent.parent
+# Tiny, fast settings for a real training run.
+FAST = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=2"]
+
+
+def compose_config(*overrides: str, config_dir: Path = CONFIG_DIR) -> DictConfig:
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir)):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Run in an empty directory with no MLflow URI inherited from the environment."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    return tmp_path
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
+
+
+PYTHON = sys.executable

@@ -1,0 +1,72 @@
+"""Every option of every config group composes, builds and validates; the packaged configs ship in the wheel."""
+
+import subprocess
+import zipfile
+
+import pytest
+
+from rmlab.build import build_components, group_options
+from rmlab.errors import ConfigError
+from rmlab.paths import CONFIG_DIR
+from tests.conftest import PYTHON, REPO, cli_env, compose_config
+
+GROUPS = ["task", "model", "loss", "reward", "feedback", "optimizer", "trainer", "logger"]
+# Which task each option needs so that the combination is a compatible one.
+REGRESSION_ONLY = {"neg_mse", "neg_mae", "r2", "spearman"}
+
+
+def options(group):
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def test_root_defaults():
+    cfg = compose_config()
+    assert cfg.task.name == "digits" and cfg.model.name == "mlp" and cfg.loss.name == "cross_entropy"
+    assert cfg.reward.name == "accuracy" and cfg.optimizer.name == "adam" and cfg.logger.name == "mlflow"
+    assert cfg.feedback.name == "none" and cfg.seed == 0 and cfg.experiment == "rmlab"
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_builds(group, option, tmp_path):
+    overrides = [f"{group}={option}"]
+    if group == "task" and option == "csv":
+        path = tmp_path / "data.csv"
+        path.write_text("a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(40)))
+        overrides += [f"task.path={path}", "task.target=label"]
+    if group == "task" and option in ("diabetes", "synthetic_regression"):
+        overrides += ["loss=mse", "reward=neg_mse"]
+    if group == "reward" and option in REGRESSION_ONLY:
+        overrides += ["task=diabetes", "loss=mse"]
+    cfg = compose_config(*overrides)
+    parts = build_components(cfg)
+    assert parts.info.output_kind in parts.loss.accepts
+
+
+def test_group_options_lists_packaged_configs():
+    assert set(group_options("loss")) == set(options("loss"))
+    assert group_options("loss")["huber"] == "rmlab.losses.Huber"
+
+
+def test_config_names_match_file_names():
+    for group in ("task", "model", "loss", "reward", "logger", "feedback", "optimizer"):
+        for option in options(group):
+            cfg = compose_config(f"{group}={option}") if group != "task" or option != "csv" else None
+            if cfg is not None:
+                assert cfg[group].name == option, f"{group}/{option}.yaml has name {cfg[group].name!r}"
+
+
+def test_unknown_key_in_component_is_named():
+    with pytest.raises(ConfigError, match=r"loss 'huber' has no option deltaa; its options are: delta"):
+        build_components(compose_config("loss=huber", "+loss.deltaa=2"))
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_configs(tmp_path):
+    subprocess.run([PYTHON, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+                    str(REPO)], check=True, env=cli_env(), cwd=tmp_path, capture_output=True)
+    wheel = next(tmp_path.glob("rmlab-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "rmlab/conf/config.yaml" in names
+    assert "rmlab/conf/loss/huber.yaml" in names and "rmlab/conf/hydra/job_logging/rmlab.yaml" in names
+    expected = {f"rmlab/conf/{p.relative_to(CONFIG_DIR)}" for p in CONFIG_DIR.rglob("*.yaml")}
+    assert expected <= names

@@ -1,0 +1,150 @@
+"""Tiny real trainings on CPU, checked through what MLflow actually stored."""
+
+import signal
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from rmlab.errors import NonFiniteLossError
+from rmlab.losses.base import Loss
+from rmlab.run import train
+from rmlab.tracking import flatten
+from tests.conftest import FAST, compose_config
+from omegaconf import OmegaConf
+
+
+def client_for(workdir):
+    return MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+
+
+def only_run(workdir, experiment="rmlab"):
+    client = client_for(workdir)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_run_is_tracked_completely(workdir):
+    cfg = compose_config(*FAST, "loss=huber", "loss.delta=0.5", "seed=3")
+    results = train(cfg)
+    client, run = only_run(workdir)
+    assert run.info.run_id == results["run_id"]
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "digits-huber-accuracy-s3"
+    # Every key of the resolved config is a param, with its full value.
+    expected = flatten(OmegaConf.to_container(cfg, resolve=True))
+    assert run.data.params == expected
+    assert run.data.params["loss.delta"] == "0.5" and run.data.params["model.hidden_sizes"] == "[128, 128]"
+    tags = run.data.tags
+    assert (tags["task"], tags["loss"], tags["reward"], tags["seed"]) == ("digits", "huber", "accuracy", "3")
+    assert tags["rmlab_version"] and "mlflow.source.git.commit" in tags
+    # Epoch metrics for every split, the reward under its own name, and test values equal to what train() returned.
+    metrics = run.data.metrics
+    for split in ("train", "val"):
+        for name in ("loss", "reward", "accuracy"):
+            history = client.get_metric_history(run.info.run_id, f"{split}/{name}")
+            assert len(history) == 2, f"{split}/{name}: one value per epoch"
+    assert metrics["test/reward"] == pytest.approx(results["test/reward"])
+    assert metrics["test/accuracy"] == metrics["test/reward"]
+    assert metrics["val/best_reward"] == pytest.approx(max(
+        m.value for m in client.get_metric_history(run.info.run_id, "val/reward")))
+    steps = client.get_metric_history(run.info.run_id, "train/loss_step")
+    assert [m.step for m in steps][:3] == [1, 3, 5]  # logged every log_every_n_steps=2 steps
+    # Artifacts: the resolved config and the command line, in the store's folder beside mlflow.db.
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "command.txt"} <= artifacts
+    assert (workdir / "mlartifacts").is_dir()
+    stored = OmegaConf.create(client.download_artifacts(run.info.run_id, "config.yaml", str(workdir)) and
+                              (workdir / "config.yaml").read_text())
+    assert stored.loss.delta == 0.5
+
+
+def test_default_run_reaches_standard_accuracy(workdir):
+    results = train(compose_config("trainer.enable_progress_bar=false", "logger=none"))
+    assert results["test/reward"] >= 0.95  # a standard MLP on digits reaches about 0.97
+
+
+def test_huber_on_classification_trains_comparably(workdir):
+    results = train(compose_config("trainer.enable_progress_bar=false", "logger=none", "loss=huber"))
+    assert results["test/reward"] >= 0.93
+
+
+def test_regression_task_trains(workdir):
+    results = train(compose_config(*FAST, "task=diabetes", "loss=huber", "reward=r2", "logger=none",
+                                   "trainer.max_epochs=20"))
+    assert results["test/reward"] > 0.2  # r2 of a fitted model on diabetes (linear models reach about 0.45)
+
+
+def test_same_seed_gives_identical_results(workdir):
+    a = train(compose_config(*FAST, "logger=none"))
+    b = train(compose_config(*FAST, "logger=none"))
+    c = train(compose_config(*FAST, "logger=none", "seed=1"))
+    assert a["test/loss"] == b["test/loss"]
+    assert a["test/loss"] != c["test/loss"]
+
+
+class NaNAfterSteps(Loss):
+    """A loss that turns NaN after a few calls: stands in for a diverging run."""
+
+    accepts = ("logits",)
+
+    def __init__(self, after: int = 3) -> None:
+        super().__init__()
+        self.after, self.calls = after, 0
+
+    def forward(self, output, target):
+        self.calls += 1
+        loss = torch.nn.functional.cross_entropy(output.float(), target)
+        return loss * float("nan") if self.calls > self.after else loss
+
+
+def test_nan_loss_stops_the_run_marked_failed(workdir):
+    cfg = compose_config(*FAST, "loss=mse", "loss._target_=tests.test_training.NaNAfterSteps",
+                         "+loss.after=3")
+    with pytest.raises(NonFiniteLossError, match="train/loss became nan"):
+        train(cfg)
+    _, run = only_run(workdir)
+    assert run.info.status == "FAILED"
+    assert "NonFiniteLossError" in run.data.tags["error"]
+
+
+
+
+def test_ctrl_c_marks_the_run_killed(workdir, monkeypatch):
+    import pytorch_lightning as pl
+
+    class CtrlC(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if batch_idx == 2:
+                raise KeyboardInterrupt
+
+    import rmlab.run as run_module
+
+    original = run_module.make_callbacks
+
+    def with_ctrl_c(cfg, out):
+        callbacks, checkpoint = original(cfg, out)
+        return callbacks + [CtrlC()], checkpoint
+
+    monkeypatch.setattr(run_module, "make_callbacks", with_ctrl_c)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):
+            train(compose_config(*FAST))
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after an interrupt
+    _, run = only_run(workdir)
+    assert run.info.status == "KILLED"
+
+
+def test_logger_none_stores_nothing(workdir):
+    results = train(compose_config(*FAST, "logger=none"))
+    assert results["run_id"] is None
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_fast_dev_run_is_untracked(workdir):
+    results = train(compose_config("trainer=debug"))
+    assert results["run_id"] is None and "test/reward" in results
