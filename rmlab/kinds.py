@@ -4,6 +4,9 @@
 - ``value``:  (B,) one real prediction per sample; targets are float (B,).
 - ``pair``:   (B, 2) scalar scores of (chosen, rejected); targets are float (B, 2) holding the items' hidden true
   rewards where the task knows them (NaN otherwise).
+
+Input types: ``features`` (float (B, D), or (B, 2, D) for pairs) or ``tokens`` (int64 token ids (B, L), or
+(B, 2, L) for pairs) which only a text model accepts.
 """
 
 from dataclasses import dataclass
@@ -12,6 +15,8 @@ LOGITS = "logits"
 VALUE = "value"
 PAIR = "pair"
 ALL_KINDS = (LOGITS, VALUE, PAIR)
+FEATURES = "features"
+TOKENS = "tokens"
 
 
 @dataclass(frozen=True)
@@ -22,3 +27,5 @@ class TaskInfo:
     output_kind: str
     input_dim: int
     num_classes: int | None = None  # classification only
+    input_type: str = FEATURES  # what the model is fed: FEATURES or TOKENS (input_dim is then the sequence length)
+    true_reward: bool = False  # pair tasks: targets hold each item's hidden true reward (synthetic tasks)
