@@ -1,0 +1,146 @@
+"""The command line as a user runs it: `python -m rmlab ...` in a fresh directory, read back with MLflow's client."""
+
+import subprocess
+import textwrap
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import PYTHON, cli_env
+
+FAST = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
+
+
+def rmlab(*args, cwd, env=None):
+    return subprocess.run([PYTHON, "-m", "rmlab", *args], cwd=cwd, env=env or cli_env(), capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_cli_run_lands_in_mlflow_beside_the_command(tmp_path):
+    done = rmlab("loss=huber", "reward=accuracy", *FAST, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "test/reward" in done.stdout and "dashboard    mlflow ui" in done.stdout
+    assert (tmp_path / "mlflow.db").is_file()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("rmlab").experiment_id])[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == "digits-huber-accuracy-s0"
+    assert run.data.params["loss.name"] == "huber" and run.data.params["trainer.max_epochs"] == "2"
+    assert run.info.run_id in done.stdout
+    assert {"test/loss", "test/reward", "test/accuracy", "val/reward", "train/loss"} <= set(run.data.metrics)
+    command = (tmp_path / "mlartifacts").rglob("command.txt")
+    assert "loss=huber" in next(command).read_text()
+    assert run.info.artifact_uri.startswith(str(tmp_path / "mlartifacts")) or str(tmp_path) in run.info.artifact_uri
+
+
+def test_incompatible_combination_fails_before_anything_is_recorded(tmp_path):
+    done = rmlab("task=diabetes", "reward=accuracy", "loss=mse", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "reward=accuracy does not work on task=diabetes" in done.stderr
+    assert "neg_mse" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_unknown_group_option_names_the_choices(tmp_path):
+    done = rmlab("loss=hubber", cwd=tmp_path)
+    assert done.returncode != 0
+    assert "Could not find 'loss/hubber'" in done.stderr
+    assert "huber" in done.stderr and "cross_entropy" in done.stderr  # Hydra lists the available options
+
+
+@pytest.mark.parametrize("override,message", [
+    ("loss.delta=-1", "delta must be > 0, got -1"),
+    ("task.label_noise=1.5", "task.label_noise must be in [0, 1), got 1.5"),
+    ("trainer.precision=17", "trainer.precision must be one of 32-true"),
+    ("optimizer.lr=0", "optimizer.lr must be > 0, got 0"),
+])
+def test_invalid_value_is_a_clear_error(tmp_path, override, message):
+    done = rmlab("loss=huber", override, cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_user_config_dir_adds_a_loss_with_their_own_class(tmp_path):
+    (tmp_path / "my_losses.py").write_text(textwrap.dedent('''
+        import torch
+        from rmlab.losses.base import Loss
+
+        class Cubic(Loss):
+            accepts = ("value", "logits")
+
+            def __init__(self, scale: float = 1.0):
+                super().__init__()
+                self.scale = scale
+
+            def forward(self, output, target):
+                if output.ndim == 2:
+                    target = torch.nn.functional.one_hot(target, output.shape[1]).float()
+                    output = output.softmax(-1)
+                return self.scale * (output.float() - target).abs().pow(3).sum(-1).mean() if output.ndim == 2 \\
+                    else self.scale * (output.float() - target).abs().pow(3).mean()
+    '''))
+    (tmp_path / "myconf" / "loss").mkdir(parents=True)
+    (tmp_path / "myconf" / "loss" / "cubic.yaml").write_text("name: cubic\n_target_: my_losses.Cubic\nscale: 2.0\n")
+    env = cli_env()
+    env["PYTHONPATH"] = f"{tmp_path}:{env['PYTHONPATH']}"
+    done = rmlab("--config-dir", str(tmp_path / "myconf"), "loss=cubic", *FAST, "logger=none", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "cubic" in done.stdout and "test/reward" in done.stdout
+    # The incompatibility message lists the user's loss among the choices, found on Hydra's search path.
+    bad = rmlab("--config-dir", str(tmp_path / "myconf"), "loss=cross_entropy", "task=diabetes", "reward=neg_mse",
+                cwd=tmp_path, env=env)
+    assert "cubic" in bad.stderr.split("Choices of loss")[1]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_ui_started_in_the_directory_shows_the_run(tmp_path):
+    import json
+    import time
+    import urllib.request
+
+    done = rmlab("trainer.max_epochs=1", "trainer.enable_progress_bar=false", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    port = free_port()
+    server = subprocess.Popen(["mlflow", "ui", "--port", str(port)], cwd=tmp_path, env=cli_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path):
+        with urllib.request.urlopen(base + path, timeout=5) as response:
+            return response.read().decode()
+
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                experiments = json.loads(get("/api/2.0/mlflow/experiments/get-by-name?experiment_name=rmlab"))
+                break
+            except OSError:
+                assert time.time() < deadline, "mlflow ui did not answer"
+                time.sleep(1)
+        exp_id = experiments["experiment"]["experiment_id"]
+        request = urllib.request.Request(base + "/api/2.0/mlflow/runs/search", method="POST",
+                                         data=json.dumps({"experiment_ids": [exp_id]}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            run = json.loads(response.read())["runs"][0]
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        metrics = {m["key"] for m in run["data"]["metrics"]}
+        assert params["task.name"] == "digits" and "test/reward" in metrics
+        run_id = run["info"]["run_id"]
+        listed = json.loads(get(f"/ajax-api/2.0/mlflow/artifacts/list?run_uuid={run_id}"))
+        assert {f["path"] for f in listed["files"]} >= {"config.yaml", "command.txt"}
+        assert "trainer.max_epochs=1" in get(f"/get-artifact?path=command.txt&run_uuid={run_id}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
