@@ -80,11 +80,12 @@ def test_pair_gradient_matches_the_analytic_gradient_of_the_bernoulli_preference
 def test_gaussian_gradient_matches_the_analytic_gradient_of_expected_neg_mse(baseline):
     torch.manual_seed(0)
     mu, y, sigma = torch.tensor([0.7], requires_grad=True), torch.tensor([-0.4]), 0.5
-    feedback = bound(REG, NegMSE(), baseline=baseline, num_samples=N, sigma=sigma, learn_sigma=True)
+    # More samples than the others: the score of log(sigma) is noisier (estimator std here ~ 0.016 either way).
+    feedback = bound(REG, NegMSE(), baseline=baseline, num_samples=5 * N, sigma=sigma, learn_sigma=True)
     grad = pg_grad(feedback, mu, y, NegMSE())
     # E[-(a - y)^2] = -((mu - y)^2 + sigma^2): d/dmu = -2 (mu - y); d/dlog(sigma) = -2 sigma^2.
-    torch.testing.assert_close(grad, 2 * (mu.detach() - y), atol=0.1, rtol=0)
-    torch.testing.assert_close(feedback.log_sigma.grad, torch.tensor(2 * sigma**2), atol=0.05, rtol=0)
+    torch.testing.assert_close(grad, 2 * (mu.detach() - y), atol=0.07, rtol=0)
+    torch.testing.assert_close(feedback.log_sigma.grad, torch.tensor(2 * sigma**2), atol=0.07, rtol=0)
 
 
 # -- baselines -------------------------------------------------------------------------------------------------------
@@ -107,7 +108,10 @@ def test_baseline_values_on_a_hand_made_batch(baseline, mean_baseline, advantage
     assert isinstance(out, FeedbackOut)
     assert out.sampled_reward.item() == pytest.approx(0.75)
     assert out.baseline.item() == pytest.approx(mean_baseline)
-    assert out.advantage_std.item() == pytest.approx(torch.tensor(advantages).std(correction=0).item())
+    advantages = torch.tensor(advantages, dtype=torch.float32)
+    assert out.advantage_std.item() == pytest.approx(advantages.std(correction=0).item())
+    if baseline == "greedy":
+        assert out.pg_loss.item() == 0.0  # no advantage, no push
 
 
 def test_moving_average_follows_its_momentum_and_only_moves_in_training():
@@ -134,11 +138,11 @@ def test_batch_mean_is_leave_one_out_over_each_inputs_samples():
 
 @pytest.mark.parametrize("baseline", ["batch_mean", "moving_average", "greedy"])
 def test_baselines_reduce_the_variance_of_the_gradient(baseline):
-    # A reward far from 0 (neg_mse with the mean 2 away from the target) is where a baseline matters. (With a 0/1
+    # A reward far from 0 (neg_mse with the mean 4 away from the target) is where a baseline matters. (With a 0/1
     # reward such as accuracy, subtracting E[R] can even add variance: the variance-optimal constant weights rewards
     # by the squared score, which is largest for rare actions.)
     rows, k = 2000, 8
-    y = torch.full((rows,), 2.0)
+    y = torch.full((rows,), 4.0)
 
     def row_gradients(name: str) -> torch.Tensor:
         torch.manual_seed(1)
@@ -146,9 +150,8 @@ def test_baselines_reduce_the_variance_of_the_gradient(baseline):
         return pg_grad(bound(REG, NegMSE(), baseline=name, num_samples=k), mu, y, NegMSE()) * rows
 
     plain, reduced = row_gradients("none"), row_gradients(baseline)
-    assert reduced.mean().item() == pytest.approx(plain.mean().item(), abs=0.2)  # both ~ 2 (mu - y) = -4
-    assert reduced.mean().item() == pytest.approx(-4.0, abs=0.2)
-    assert reduced.var() < 0.2 * plain.var()
+    assert reduced.mean().item() == pytest.approx(-8.0, abs=0.4)  # still unbiased: 2 (mu - y)
+    assert reduced.var() < 0.25 * plain.var()
 
 
 # -- learning from the reward alone ----------------------------------------------------------------------------------
@@ -252,6 +255,30 @@ def test_check_rejects_a_reward_without_a_per_sample_form_and_names_those_that_w
     assert not any(name in listed for name in ("f1", "auroc", "r2", "spearman", "neg_ece"))
 
 
+class PairMargin(PairOrder):
+    """Scores the size of the gap: what a sampled choice, (1, 0) or (0, 1), does not have."""
+
+    def per_sample(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return output[:, 0] - output[:, 1]
+
+
+class Confidence(Accuracy):
+    """Per sample the top softmax probability: depends on magnitudes, not only on the argmax."""
+
+    def per_sample(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return output.softmax(-1).amax(-1)
+
+
+@pytest.mark.parametrize(("reward", "info"), [(PairMargin("pair_margin"), PAIRS), (Confidence("confidence"), CLF)])
+def test_check_rejects_a_per_sample_reward_that_reads_magnitudes_a_sampled_action_lacks(reward, info):
+    with pytest.raises(IncompatibleError, match="magnitudes") as err:
+        Reinforce().check(reward, info)
+    listed = str(err.value).split("fed back on task=")[1].split(";")[0]
+    assert "reward_margin" not in listed and reward.name not in listed
+    Reinforce().check(PairOrder(), PAIRS)  # order only: fine
+    Reinforce().check(NegMAE(), REG)  # a sampled value is a value: any per-sample regression reward is fine
+
+
 def test_check_rejects_an_unsupported_output_kind_and_a_sigma_to_learn_on_classes():
     with pytest.raises(ConfigError, match="'sequence'"):
         Reinforce().check(Accuracy(), TaskInfo(name="seq", output_kind="sequence", input_dim=8))
@@ -275,6 +302,7 @@ def test_check_rejects_an_unsupported_output_kind_and_a_sigma_to_learn_on_classe
         ({"sigma": 0.0}, "sigma must be a number > 0, got 0.0"),
         ({"sigma": math.nan}, "sigma must be a number > 0, got nan"),
         ({"learn_sigma": "yes"}, "learn_sigma must be true or false, got 'yes'"),
+        ({"learn_sigma": True, "feedback_weight": 0}, "sigma gets no gradient"),
     ],
 )
 def test_invalid_params_raise_config_errors_naming_param_value_and_range(params, fragment):
