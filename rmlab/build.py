@@ -16,7 +16,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from rmlab.errors import ConfigError, IncompatibleError, check
-from rmlab.kinds import TaskInfo
+from rmlab.kinds import FEATURES, TaskInfo
 from rmlab.models import KindHead, output_dim
 from rmlab.optim import validate_optimizer
 from rmlab.paths import CONFIG_DIR
@@ -124,6 +124,20 @@ def check_accepts(group: str, name: str, component: Any, info: TaskInfo) -> None
     )
 
 
+def check_model_input(model_cfg: DictConfig, info: TaskInfo) -> None:
+    """Raise IncompatibleError unless the model reads the task's input type (features or token ids)."""
+    accepted = getattr(get_class(model_cfg._target_), "input_types", (FEATURES,))
+    if info.input_type in accepted:
+        return
+    fits = sorted(name for name, target in group_options("model").items()
+                  if info.input_type in getattr(get_class(target), "input_types", (FEATURES,)))
+    raise IncompatibleError(
+        f"model={model_cfg.name} does not work on task={info.name}: the task's inputs are {info.input_type!r} but "
+        f"model={model_cfg.name} reads {', '.join(repr(t) for t in accepted)}. "
+        f"Choices of model that work on task={info.name}: {', '.join(fits) or '(none)'}"
+    )
+
+
 def validate_trainer(trainer: DictConfig) -> None:
     """Check the Trainer settings that would otherwise fail (or silently misbehave) after start-up."""
     check(str(trainer.precision) in PRECISIONS,
@@ -158,6 +172,7 @@ def build_components(cfg: DictConfig) -> Components:
     if cfg.feedback.name != "none":
         feedback = instantiate("feedback", cfg.feedback)
         feedback.check(reward, info)
+    check_model_input(cfg.model, info)
     net = instantiate("model", cfg.model, input_dim=info.input_dim, output_dim=output_dim(info))
     return Components(task=task, info=info, model=KindHead(net, info.output_kind), loss=loss, reward=reward,
                       feedback=feedback)

@@ -218,7 +218,8 @@ def scores_actions(reward: Any, info: TaskInfo) -> bool:
         return True
     width = 2 if info.output_kind == PAIR else info.num_classes or 2
     actions = torch.eye(width)
-    scaled = 4 * actions - 2 + 0.5 * torch.arange(width)  # same argmax per row, other values and gaps
+    # Same argmax per row (the diagonal stays the largest for any width), other values and gaps.
+    scaled = (width + 3) * actions - 2 + 0.5 * torch.arange(width)
     target = torch.zeros(width, 2) if info.output_kind == PAIR else torch.zeros(width, dtype=torch.long)
     with torch.no_grad():
         return torch.equal(reward.per_sample(actions, target).float(), reward.per_sample(scaled, target).float())

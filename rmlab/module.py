@@ -3,7 +3,11 @@
 Metrics: ``{split}/loss`` and ``{split}/reward`` (plus the reward under its own name, ``val/accuracy``), per epoch
 for every split, and ``train/loss`` per step every ``log_every_n_steps``. Everything is accumulated on the device;
 the host reads values only when it logs them (every ``log_every_n_steps`` steps and at epoch ends), never per step.
-A NaN or infinite training loss stops the run with ``NonFiniteLossError``.
+With reward feedback, ``train/pg_loss``, ``train/sampled_reward`` and ``train/baseline`` are logged too (epoch means),
+and the optimised total is ``loss_weight * loss + feedback_weight * pg_loss``; ``train/loss`` stays the task loss so
+runs with and without feedback compare. On pair tasks, ``{split}/score_mean`` and ``{split}/score_std`` of the
+model's scores are logged each epoch, so reward drift is visible. A NaN or infinite training loss stops the run with
+``NonFiniteLossError``.
 """
 
 from typing import Any
@@ -13,10 +17,11 @@ import torch
 from torch import Tensor
 
 from rmlab.errors import NonFiniteLossError
-from rmlab.kinds import TaskInfo
+from rmlab.kinds import PAIR, TaskInfo
 from rmlab.optim import build_optimizer
 
 SPLITS = ("train", "val", "test")
+FEEDBACK_TERMS = ("pg_loss", "sampled_reward", "baseline")
 
 
 class ObjectiveModule(pl.LightningModule):
@@ -37,6 +42,11 @@ class ObjectiveModule(pl.LightningModule):
         # Per split: (sum of loss x batch size, sample count), on the device, read once per logging interval or
         # epoch. Separate rows because validation runs inside the training epoch.
         self.register_buffer("loss_sums", torch.zeros(len(SPLITS), 2), persistent=False)
+        # Feedback terms (training only) and, on pair tasks, the first two moments of the scores per split: sums
+        # weighted by batch size, divided by the sample count at epoch end.
+        self.register_buffer("feedback_sums", torch.zeros(len(FEEDBACK_TERMS)), persistent=False)
+        self.track_scores = info.output_kind == PAIR
+        self.register_buffer("score_sums", torch.zeros(len(SPLITS), 2), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -46,15 +56,23 @@ class ObjectiveModule(pl.LightningModule):
 
     # -- shared accumulation ------------------------------------------------------------------------------------
     def _start_epoch(self, split: str) -> None:
-        self.loss_sums[SPLITS.index(split)].zero_()
-        self.metrics[SPLITS.index(split)].reset()
+        index = SPLITS.index(split)
+        self.loss_sums[index].zero_()
+        self.score_sums[index].zero_()
+        self.metrics[index].reset()
+        if split == "train":
+            self.feedback_sums.zero_()
 
     def _accumulate(self, split: str, output: Tensor, target: Tensor, loss: Tensor) -> None:
         n = target.shape[0]
-        row = self.loss_sums[SPLITS.index(split)]
+        index = SPLITS.index(split)
+        row = self.loss_sums[index]
         row[0] += loss.detach().float() * n
         row[1] += n
-        self.metrics[SPLITS.index(split)].update(output.detach().float(), target)
+        output = output.detach().float()
+        self.metrics[index].update(output, target)
+        if self.track_scores:
+            self.score_sums[index] += torch.stack([output.sum(), output.pow(2).sum()]) / 2
 
     def _end_epoch(self, split: str) -> None:
         total, count = self.loss_sums[SPLITS.index(split)]
@@ -64,6 +82,13 @@ class ObjectiveModule(pl.LightningModule):
         reward = self.metrics[SPLITS.index(split)].compute()
         values = {f"{split}/loss": mean_loss.float(), f"{split}/reward": reward.float()}
         values[f"{split}/{self.reward.name}"] = values[f"{split}/reward"]
+        if self.feedback is not None and split == "train":
+            sums = self.feedback_sums / count.clamp_min(1)
+            values.update({f"train/{term}": value for term, value in zip(FEEDBACK_TERMS, sums)})
+        if self.track_scores:
+            first, second = self.score_sums[SPLITS.index(split)] / count.clamp_min(1)
+            values[f"{split}/score_mean"] = first
+            values[f"{split}/score_std"] = (second - first**2).clamp_min(0).sqrt()
         self.log_dict(values, on_step=False, on_epoch=True, prog_bar=split != "test")
 
     def _check_finite(self, loss: Tensor) -> None:
@@ -81,12 +106,18 @@ class ObjectiveModule(pl.LightningModule):
         x, y = batch
         output = self.model(x)
         loss = self.loss_fn(output, y)
+        total = loss
+        if self.feedback is not None:
+            feedback = self.feedback(output, y, self.reward)
+            total = self.feedback.combine(loss, feedback.pg_loss)
+            terms = torch.stack([feedback.pg_loss.detach(), feedback.sampled_reward, feedback.baseline])
+            self.feedback_sums += terms.float() * y.shape[0]
         self._accumulate("train", output, y, loss)
         if (self.global_step + 1) % self.log_every_n_steps == 0:
             self._check_finite(self.loss_sums[0, 0])
             # Lightning sends on_step values to the logger on exactly these steps.
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
-        return loss
+        return total
 
     def on_train_epoch_end(self) -> None:
         self._end_epoch("train")

@@ -13,6 +13,13 @@ from tests.conftest import PYTHON, REPO, cli_env, compose_config
 GROUPS = ["task", "model", "loss", "reward", "feedback", "optimizer", "trainer", "logger"]
 # Which task each option needs so that the combination is a compatible one.
 REGRESSION_ONLY = {"neg_mse", "neg_mae", "r2", "spearman"}
+PAIR = ["task=synthetic_preference", "loss=bradley_terry", "reward=preference_accuracy"]
+PAIR_OPTIONS = {
+    "task": {"synthetic_preference", "diabetes_preference"},
+    "loss": {"bradley_terry", "hinge", "log_exp", "ipo"},
+    "reward": {"preference_accuracy", "reward_margin", "true_reward_spearman", "preference_neg_ece"},
+}
+NEED_A_PATH = {"csv", "preference_file"}
 
 
 def options(group):
@@ -37,6 +44,13 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
         overrides += ["loss=mse", "reward=neg_mse"]
     if group == "reward" and option in REGRESSION_ONLY:
         overrides += ["task=diabetes", "loss=mse"]
+    if option in PAIR_OPTIONS.get(group, ()):
+        overrides += [o for o in PAIR if not o.startswith(f"{group}=")]
+    if (group, option) in (("task", "preference_file"), ("model", "text_transformer")):
+        path = tmp_path / "prefs.jsonl"
+        path.write_text("".join(f'{{"prompt": "q{i}", "chosen": "y{i}", "rejected": "n{i}"}}\n' for i in range(40)))
+        extra = ["task=preference_file", "model=text_transformer", *PAIR[1:]]
+        overrides += [o for o in extra if o not in overrides] + [f"task.path={path}"]
     cfg = compose_config(*overrides)
     parts = build_components(cfg)
     assert parts.info.output_kind in parts.loss.accepts
@@ -50,7 +64,7 @@ def test_group_options_lists_packaged_configs():
 def test_config_names_match_file_names():
     for group in ("task", "model", "loss", "reward", "logger", "feedback", "optimizer"):
         for option in options(group):
-            cfg = compose_config(f"{group}={option}") if group != "task" or option != "csv" else None
+            cfg = compose_config(f"{group}={option}") if group != "task" or option not in NEED_A_PATH else None
             if cfg is not None:
                 assert cfg[group].name == option, f"{group}/{option}.yaml has name {cfg[group].name!r}"
 
@@ -67,6 +81,9 @@ def test_wheel_carries_the_configs(tmp_path):
     wheel = next(tmp_path.glob("rmlab-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "rmlab/conf/config.yaml" in names
+    for package in ("rmlab", "rmlab/tasks", "rmlab/losses", "rmlab/rewards"):
+        assert f"{package}/__init__.py" in names
+    assert "hydra_plugins/rmlab_optuna_sweeper/__init__.py" in names
     assert "rmlab/conf/loss/huber.yaml" in names and "rmlab/conf/hydra/job_logging/rmlab.yaml" in names
     expected = {f"rmlab/conf/{p.relative_to(CONFIG_DIR)}" for p in CONFIG_DIR.rglob("*.yaml")}
     assert expected <= names

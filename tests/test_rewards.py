@@ -26,7 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torchmetrics import MetricCollection
 
 from rmlab.errors import ConfigError
-from rmlab.kinds import ALL_KINDS, LOGITS, VALUE, TaskInfo
+from rmlab.kinds import ALL_KINDS, LOGITS, PAIR, VALUE, TaskInfo
 from rmlab.rewards import (
     AUROC,
     F1,
@@ -37,14 +37,19 @@ from rmlab.rewards import (
     NegMAE,
     NegMSE,
     Precision,
+    PreferenceAccuracy,
+    PreferenceNegECE,
     Recall,
     Reward,
+    RewardMargin,
     Spearman,
+    TrueRewardSpearman,
 )
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "reward"
 CLASSIFICATION = [Accuracy, F1, Precision, Recall, AUROC, NegECE]
 REGRESSION = [NegMSE, NegMAE, R2, Spearman]
+PREFERENCE = [PreferenceAccuracy, RewardMargin, TrueRewardSpearman, PreferenceNegECE]  # more in test_preference.py
 BATCHES = (100, 250, 37, 213)  # uneven, so accumulation across update() calls is exercised
 
 
@@ -53,9 +58,12 @@ def clf_info(num_classes: int) -> TaskInfo:
 
 
 REG_INFO = TaskInfo(name="toy", output_kind=VALUE, input_dim=4)
+PAIR_INFO = TaskInfo(name="toy", output_kind=PAIR, input_dim=4, true_reward=True)
 
 
 def info_for(reward: Reward, num_classes: int = 4) -> TaskInfo:
+    if PAIR in reward.accepts:
+        return PAIR_INFO
     return clf_info(num_classes) if LOGITS in reward.accepts else REG_INFO
 
 
@@ -255,6 +263,9 @@ def test_aggregate_only_rewards_have_no_per_sample_form(reward_cls):
 
 
 def sample_batch(reward: Reward, num_classes: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    if PAIR in reward.accepts:
+        pred, target = reg_data()
+        return pred.reshape(-1, 2), target.reshape(-1, 2)
     return clf_data(num_classes) if LOGITS in reward.accepts else reg_data()
 
 
@@ -374,7 +385,7 @@ def test_invalid_n_bins_raises_config_error(n_bins):
 
 def test_reward_configs_cover_every_reward():
     targets = {OmegaConf.load(path)._target_ for path in CONF.glob("*.yaml")}
-    assert targets == {f"rmlab.rewards.{cls.__name__}" for cls in CLASSIFICATION + REGRESSION}
+    assert targets == {f"rmlab.rewards.{cls.__name__}" for cls in CLASSIFICATION + REGRESSION + PREFERENCE}
 
 
 @pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)

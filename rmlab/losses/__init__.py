@@ -5,10 +5,13 @@ summed over classes, mean over the batch):
     MSE (mse), MAE (mae), Huber (huber), SmoothL1 (smooth_l1), LogCosh (log_cosh)
 Classification (``classification.py``), accept ``logits``:
     CrossEntropy (cross_entropy), Focal (focal), and the label-noise-robust GCE (gce), SCE (sce), NCERCE (nce_rce)
+Pairwise (``pairwise.py``), accept ``pair`` (functions of the score difference chosen - rejected):
+    BradleyTerry (bradley_terry), MarginRanking (hinge), LogExp (log_exp), IPO (ipo)
 """
 
 from rmlab.losses.base import Loss
 from rmlab.losses.classification import GCE, NCERCE, SCE, CrossEntropy, Focal
+from rmlab.losses.pairwise import IPO, BradleyTerry, LogExp, MarginRanking
 from rmlab.losses.pointwise import MAE, MSE, Huber, LogCosh, PointwiseLoss, SmoothL1
 
 __all__ = [
@@ -24,4 +27,8 @@ __all__ = [
     "GCE",
     "SCE",
     "NCERCE",
+    "BradleyTerry",
+    "MarginRanking",
+    "LogExp",
+    "IPO",
 ]

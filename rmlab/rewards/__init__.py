@@ -14,6 +14,12 @@ Regression (output kind ``value``):
     R2         ``r2``         coefficient of determination
     Spearman   ``spearman``   Spearman rank correlation
 
+Preference (output kind ``pair``):
+    PreferenceAccuracy  ``preference_accuracy``   fraction of pairs with chosen scored higher; per sample
+    RewardMargin        ``reward_margin``         mean score margin chosen - rejected; per sample
+    TrueRewardSpearman  ``true_reward_spearman``  Spearman of item scores with hidden true rewards (synthetic tasks)
+    PreferenceNegECE    ``preference_neg_ece``    negative ECE of P(chosen wins) = sigmoid(margin)
+
 Each has a config ``conf/reward/<name>.yaml``. ``AdaptedMetric`` (``rmlab.rewards.metrics``) is the shared
 torchmetrics wrapper that takes raw model output and makes every aggregate higher-is-better.
 """
@@ -21,6 +27,7 @@ torchmetrics wrapper that takes raw model output and makes every aggregate highe
 from rmlab.rewards.base import Reward
 from rmlab.rewards.classification import AUROC, F1, Accuracy, NegECE, Precision, Recall
 from rmlab.rewards.metrics import AdaptedMetric
+from rmlab.rewards.preference import PreferenceAccuracy, PreferenceNegECE, RewardMargin, TrueRewardSpearman
 from rmlab.rewards.regression import R2, NegMAE, NegMSE, Spearman
 
 __all__ = [
@@ -33,7 +40,11 @@ __all__ = [
     "NegMAE",
     "NegMSE",
     "Precision",
+    "PreferenceAccuracy",
+    "PreferenceNegECE",
     "Recall",
     "Reward",
+    "RewardMargin",
     "Spearman",
+    "TrueRewardSpearman",
 ]

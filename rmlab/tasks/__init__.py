@@ -5,12 +5,15 @@
 - ``corruption``: label noise and regression outliers as pure functions.
 - ``sklearn_data``: datasets bundled with scikit-learn; ``synthetic``: generated ones; ``files``: the user's
   CSV/Parquet file.
+- ``preference``: pair tasks (output kind ``pair``) for reward models: ``PairTask`` and the synthetic, from-dataset
+  and user-file preference tasks.
 
 Adding a task: subclass ``Task``, set ``kind``, implement ``_raw() -> (X, y)``, add ``conf/task/<name>.yaml``.
 """
 
 from rmlab.tasks.base import CLASSIFICATION, REGRESSION, Split, Task
 from rmlab.tasks.files import FileTask
+from rmlab.tasks.preference import PairTask, PreferenceFile, PreferenceFromDataset, SyntheticPreference
 from rmlab.tasks.sklearn_data import SklearnTask
 from rmlab.tasks.synthetic import SyntheticClassification, SyntheticRegression
 
@@ -18,9 +21,13 @@ __all__ = [
     "CLASSIFICATION",
     "REGRESSION",
     "FileTask",
+    "PairTask",
+    "PreferenceFile",
+    "PreferenceFromDataset",
     "SklearnTask",
     "Split",
     "SyntheticClassification",
+    "SyntheticPreference",
     "SyntheticRegression",
     "Task",
 ]

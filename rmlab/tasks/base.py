@@ -10,7 +10,7 @@ import math
 import numbers
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -100,6 +100,8 @@ class Task:
 
     kind: str
     default_name: str = "task"
+    # The kinds this class's ``_build`` handles; a subclass with its own pipeline (pairs) widens it.
+    supported_kinds: ClassVar[tuple[str, ...]] = TASK_KINDS
 
     def __init__(
         self,
@@ -135,7 +137,7 @@ class Task:
         check_bool("corrupt_val", corrupt_val)
         check_real("outlier_fraction", outlier_fraction, 0, 1)
         check_real("outlier_scale", outlier_scale, 0, low_open=True)
-        check_choice("kind", self.kind, TASK_KINDS)
+        check_choice("kind", self.kind, self.supported_kinds)
         # Each corruption belongs to one kind of target; a knob that would silently do nothing is an error instead.
         if self.kind == REGRESSION and label_noise > 0:
             raise ConfigError(
