@@ -9,20 +9,33 @@ from rmlab.paths import CONFIG_DIR
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> dict[str, float] | None:
+    """Run one job. Returns its metrics (what a sweeper optimises, e.g. ``val/best_reward``).
+
+    A single run exits with status 2 on a config error and 1 on a failed run, printing one line. Inside a multirun a
+    failed job returns None instead (its run is already marked FAILED), so the sweep goes on with the other jobs.
+    """
     # Imported here so that --help and --cfg answer without loading torch.
     from rmlab.errors import ConfigError, RmlabError
-    from rmlab.run import train
+    from rmlab.run import job_context, train
 
+    multirun = job_context()["multirun"]
     try:
         results = train(cfg)
-    except ConfigError as err:
-        print(f"rmlab: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except RmlabError as err:
-        print(f"rmlab: run failed: {err}", file=sys.stderr)
-        sys.exit(1)
-    return results.get("val/best_reward", results.get("test/reward"))
+    except Exception as err:
+        if type(err).__name__ == "TrialPruned":  # the Optuna sweeper counts it as PRUNED
+            raise
+        if multirun:
+            print(f"rmlab: job failed: {type(err).__name__}: {err}", file=sys.stderr)
+            return None
+        if isinstance(err, ConfigError):
+            print(f"rmlab: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        if isinstance(err, RmlabError):
+            print(f"rmlab: run failed: {err}", file=sys.stderr)
+            sys.exit(1)
+        raise
+    return {k: float(v) for k, v in results.items() if isinstance(v, (int, float))}
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ run behind. Once the MLflow run is open, it is closed on every path: FINISHED, F
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from datetime import datetime
 import random
 import shlex
@@ -58,6 +61,45 @@ def command_line() -> str:
         return " ".join(shlex.quote(a) for a in sys.argv)
 
 
+def job_context() -> dict[str, Any]:
+    """Where this job stands in Hydra: multirun or not, its sweep dir, job number, its overrides, and how many jobs
+    the launcher runs at once (empty outside a Hydra app)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except ValueError:
+        return {"multirun": False}
+    multirun = hc.mode == RunMode.MULTIRUN
+    return {
+        "multirun": multirun,
+        "sweep_dir": str(Path(hc.sweep.dir).resolve()) if multirun else None,
+        "job_num": hc.job.num if multirun else None,
+        "overrides": [o for o in hc.overrides.task if not o.startswith(("++optuna.", "+optuna."))],
+        "parallel_jobs": int(hc.launcher.get("n_jobs") or 1) if multirun else 1,
+    }
+
+
+def set_threads(cfg: DictConfig, context: dict[str, Any]) -> None:
+    """torch intra-op threads: trainer.num_threads, or the cores shared evenly among the jobs that run at once
+    (so a joblib sweep does not oversubscribe the machine)."""
+    threads = cfg.trainer.num_threads
+    jobs = context.get("parallel_jobs", 1)
+    if threads is None and jobs != 1:
+        cores = os.cpu_count() or 1
+        threads = max(1, cores // (cores if jobs < 1 else jobs))
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Identity of a job's config (the resolved config minus what only says where the job sits in a sweep)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved.pop("optuna", None)
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
@@ -66,13 +108,18 @@ def git_commit() -> str:
         return "unknown"
 
 
-def run_tags(cfg: DictConfig) -> dict[str, str]:
+def run_tags(cfg: DictConfig, context: dict[str, Any]) -> dict[str, str]:
+    """The tags DESIGN.md lists, plus the config hash (a sweep skips jobs that already FINISHED with it) and, inside a
+    sweep, the sweep id (its directory), the job number and the job's own overrides."""
     tags = {
         "task": cfg.task.name, "loss": cfg.loss.name, "reward": cfg.reward.name, "seed": str(cfg.seed),
         "feedback": cfg.feedback.name, "model": cfg.model.name, "optimizer": cfg.optimizer.name,
         "rmlab_version": rmlab.__version__, "mlflow.source.git.commit": git_commit(),
-        "mlflow.source.name": "rmlab", "command": command_line(),
+        "mlflow.source.name": "rmlab", "command": command_line(), "rmlab.config_hash": config_hash(cfg),
     }
+    if context.get("multirun"):
+        tags.update({"sweep_id": context["sweep_dir"], "rmlab.job_num": str(context["job_num"]),
+                     "rmlab.overrides": " ".join(context["overrides"])})
     return tags
 
 
@@ -94,7 +141,7 @@ def make_trainer(cfg: DictConfig, callbacks: list, loggers: list, out: Path):
     try:
         return pl.Trainer(
             accelerator=t.accelerator, devices=t.devices, precision=t.precision, max_epochs=t.max_epochs,
-            gradient_clip_val=t.gradient_clip_val, deterministic=t.deterministic,
+            strategy=t.strategy, gradient_clip_val=t.gradient_clip_val, deterministic=t.deterministic,
             log_every_n_steps=t.log_every_n_steps, check_val_every_n_epoch=t.check_val_every_n_epoch,
             fast_dev_run=t.fast_dev_run, limit_train_batches=t.limit_train_batches,
             enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
@@ -122,13 +169,61 @@ def make_callbacks(cfg: DictConfig, out: Path) -> tuple[list, Any]:
     return callbacks, checkpoint
 
 
+def validate_for_context(cfg: DictConfig, context: dict[str, Any]) -> None:
+    """Refuse what silently misbehaves inside a multirun: DDP re-runs the whole command line in every rank, which then
+    starts its own sweep (with an Optuna sweeper, ranks of one group trained different configs: FACTS.md)."""
+    devices = cfg.trainer.devices
+    many = (isinstance(devices, int) and (devices > 1 or devices == -1)) or str(devices) == "auto" or (
+        not isinstance(devices, (int, str)) and len(devices) > 1)
+    if context.get("multirun") and many and cfg.trainer.strategy not in ("ddp_spawn", "ddp_notebook"):
+        raise ConfigError(
+            f"trainer.devices={devices} with trainer.strategy={cfg.trainer.strategy} inside a multirun: DDP re-runs the "
+            "command line in each rank, which would start its own sweep. Use trainer.strategy=ddp_spawn, or "
+            "trainer.devices=1 and run jobs in parallel with hydra/launcher=joblib"
+        )
+
+
 def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
     """Run one experiment described by a composed config. Returns the test metrics, ``val/best_reward`` and the
-    MLflow ``run_id`` (None when untracked). Raises ConfigError before anything is recorded if the config is bad."""
+    MLflow ``run_id`` (None when untracked). Raises ConfigError before anything is recorded if the config is bad
+    (inside a sweep, the failed job is recorded as a FAILED child run so the sweep's summary counts it)."""
+    context = job_context()
+    tracked = cfg.logger.name == "mlflow" and not cfg.trainer.fast_dev_run
+    if parent_run_id is None and tracked and context["multirun"]:
+        from rmlab.sweep import parent_run_id as sweep_parent
+
+        parent_run_id = sweep_parent(context["sweep_dir"])
+    set_threads(cfg, context)
     seed_all(cfg.seed)
-    parts: Components = build_components(cfg)
+    try:
+        validate_for_context(cfg, context)
+        parts: Components = build_components(cfg)
+    except ConfigError as err:
+        if tracked and parent_run_id:
+            _record_failed_job(cfg, context, parent_run_id, err)
+        raise
     log.info(compact_config(cfg))
 
+    tracker = None
+    if tracked:
+        from rmlab.tracking import Tracker
+
+        tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment)
+        if parent_run_id:
+            from rmlab.sweep import reuse_finished_run
+
+            reused = reuse_finished_run(tracker, cfg, run_name(cfg), run_tags(cfg, context), parent_run_id)
+            if reused is not None:
+                print(result_block(reused, parts.reward.name, reused["run_id"], tracker.uri, _dashboard(tracker)))
+                return reused
+    results = _fit_and_test(cfg, parts, tracker, context, parent_run_id)
+    print(result_block(results, parts.reward.name, results["run_id"], tracker.uri if tracker else None,
+                       _dashboard(tracker)))
+    return results
+
+
+def _fit_and_test(cfg: DictConfig, parts: Components, tracker, context: dict[str, Any],
+                  parent_run_id: str | None) -> dict[str, Any]:
     from rmlab.data import TaskDataModule
     from rmlab.module import ObjectiveModule
 
@@ -139,17 +234,15 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
     data = TaskDataModule(parts.task, seed=cfg.seed)
     out = output_dir()
     callbacks, checkpoint = make_callbacks(cfg, out)
-    tracker = None
     loggers = []
-    if cfg.logger.name == "mlflow" and not cfg.trainer.fast_dev_run:
-        from rmlab.tracking import Tracker, TrackerLogger
+    if tracker is not None:
+        from rmlab.tracking import TrackerLogger
 
-        tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment)
         loggers.append(TrackerLogger(tracker))
     trainer = make_trainer(cfg, callbacks, loggers, out)
 
     if tracker is not None:
-        _open_run(tracker, cfg, parent_run_id)
+        _open_run(tracker, cfg, run_tags(cfg, context), parent_run_id)
     try:
         trainer.fit(module, datamodule=data)
         tested = trainer.test(module, datamodule=data, ckpt_path="best" if checkpoint else None, verbose=False)
@@ -157,23 +250,37 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
         if checkpoint is not None and checkpoint.best_model_score is not None:
             results["val/best_reward"] = float(checkpoint.best_model_score)
         if tracker is not None:
-            final = {k: v for k, v in results.items() if k == "val/best_reward"}
-            if final:
-                tracker.log_metrics(final, step=trainer.global_step)
+            if "val/best_reward" in results:
+                tracker.log_metrics({"val/best_reward": results["val/best_reward"]}, step=trainer.global_step)
             if cfg.logger.log_checkpoint and checkpoint is not None and checkpoint.best_model_path:
                 tracker.log_artifact(checkpoint.best_model_path, "checkpoints")
     except BaseException as err:
         if tracker is not None:
-            interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
-            tracker.finish("KILLED" if interrupted else "FAILED",
-                           error="interrupted" if interrupted else f"{type(err).__name__}: {err}")
+            status, reason = _ending(err)
+            tracker.finish(status, error=reason)
         raise
     if tracker is not None:
         tracker.finish("FINISHED")
     results["run_id"] = tracker.run_id if tracker else None
-    print(result_block(results, parts.reward.name, results["run_id"], tracker.uri if tracker else None,
-                       _dashboard(tracker)))
     return results
+
+
+def _ending(err: BaseException) -> tuple[str, str]:
+    """MLflow status and reason for a run that ended with ``err``."""
+    if type(err).__name__ == "TrialPruned":
+        return "KILLED", f"pruned by Optuna: {err}"
+    if isinstance(err, (KeyboardInterrupt, SystemExit)):
+        return "KILLED", "interrupted (Ctrl-C or SIGTERM)"
+    return "FAILED", f"{type(err).__name__}: {err}"
+
+
+def _record_failed_job(cfg: DictConfig, context: dict[str, Any], parent_run_id: str, err: Exception) -> None:
+    """A sweep job whose config is invalid still gets a (FAILED) child run, so the sweep's summary counts it."""
+    from rmlab.tracking import Tracker
+
+    tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment)
+    tracker.start(run_name(cfg), run_tags(cfg, context), parent_run_id=parent_run_id)
+    tracker.finish("FAILED", error=f"{type(err).__name__}: {err}")
 
 
 def _dashboard(tracker) -> str | None:
@@ -184,11 +291,11 @@ def _dashboard(tracker) -> str | None:
     return dashboard_command(tracker.uri)
 
 
-def _open_run(tracker, cfg: DictConfig, parent_run_id: str | None) -> None:
+def _open_run(tracker, cfg: DictConfig, tags: dict[str, str], parent_run_id: str | None) -> None:
     """Create the MLflow run and record everything known before training: params, tags, config, command."""
     from rmlab.tracking import flatten
 
-    tracker.start(run_name(cfg), run_tags(cfg), parent_run_id=parent_run_id)
+    tracker.start(run_name(cfg), tags, parent_run_id=parent_run_id)
     try:
         tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
         tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
