@@ -146,6 +146,11 @@ def validate_trainer(trainer: DictConfig) -> None:
           f"trainer.max_epochs must be an integer >= 1, got {trainer.max_epochs}")
     check(isinstance(trainer.log_every_n_steps, int) and trainer.log_every_n_steps >= 1,
           f"trainer.log_every_n_steps must be an integer >= 1, got {trainer.log_every_n_steps}")
+    check(isinstance(trainer.steps_per_chunk, int) and trainer.steps_per_chunk >= 1,
+          f"trainer.steps_per_chunk must be an integer >= 1, got {trainer.steps_per_chunk}")
+    limit = trainer.limit_train_batches
+    check(limit is None or (isinstance(limit, (int, float)) and limit > 0),
+          f"trainer.limit_train_batches must be null, a fraction in (0, 1] or a count >= 1, got {limit}")
     clip = trainer.gradient_clip_val
     check(clip is None or clip > 0, f"trainer.gradient_clip_val must be null or > 0, got {clip}")
     check(trainer.accelerator in ("cpu", "gpu", "cuda", "mps", "tpu", "auto"),
@@ -155,9 +160,17 @@ def validate_trainer(trainer: DictConfig) -> None:
     check(stop.min_delta >= 0, f"trainer.early_stopping.min_delta must be >= 0, got {stop.min_delta}")
 
 
+def validate_logger(logger: DictConfig) -> None:
+    check(logger.name in ("mlflow", "none"), f"logger must be mlflow or none, got {logger.name!r}")
+    if logger.name == "mlflow":
+        check(isinstance(logger.flush_every_s, (int, float)) and logger.flush_every_s > 0,
+              f"logger.flush_every_s must be > 0, got {logger.flush_every_s}")
+
+
 def build_components(cfg: DictConfig) -> Components:
     """Validate the whole config and build the task, model, loss, reward (and feedback); raise ConfigError first."""
     validate_trainer(cfg.trainer)
+    validate_logger(cfg.logger)
     validate_optimizer(OmegaConf.to_container(cfg.optimizer, resolve=True))
     task = instantiate("task", cfg.task)
     loss = instantiate("loss", cfg.loss)

@@ -15,6 +15,7 @@ from datetime import datetime
 import random
 import shlex
 import subprocess
+import time
 import sys
 from pathlib import Path
 from typing import Any
@@ -141,11 +142,12 @@ def make_trainer(cfg: DictConfig, callbacks: list, loggers: list, out: Path):
     try:
         return pl.Trainer(
             accelerator=t.accelerator, devices=t.devices, precision=t.precision, max_epochs=t.max_epochs,
-            strategy=t.strategy, gradient_clip_val=t.gradient_clip_val, deterministic=t.deterministic,
-            log_every_n_steps=t.log_every_n_steps, check_val_every_n_epoch=t.check_val_every_n_epoch,
-            fast_dev_run=t.fast_dev_run, limit_train_batches=t.limit_train_batches,
+            strategy=t.strategy, deterministic=t.deterministic,
+            log_every_n_steps=1, check_val_every_n_epoch=t.check_val_every_n_epoch,
+            fast_dev_run=t.fast_dev_run,
+            # rmlab logs per-step metrics itself (rmlab.module), so Lightning's log_every_n_steps has nothing to gate.
             enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
-            enable_checkpointing=bool(t.checkpoint.enabled), logger=loggers or False, callbacks=callbacks,
+            enable_checkpointing=False, logger=loggers or False, callbacks=callbacks,
             default_root_dir=str(out),
         )
     except Exception as err:  # Lightning's MisconfigurationException and friends, before anything is tracked
@@ -153,20 +155,25 @@ def make_trainer(cfg: DictConfig, callbacks: list, loggers: list, out: Path):
 
 
 def make_callbacks(cfg: DictConfig, out: Path) -> tuple[list, Any]:
-    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+    """The run's callbacks, and the one keeping the best weights (None when trainer.checkpoint.enabled is false)."""
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    from rmlab.checkpoint import BestWeights
 
     callbacks: list = []
-    checkpoint = None
+    best = None
     if cfg.trainer.checkpoint.enabled and not cfg.trainer.fast_dev_run:
-        checkpoint = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor="val/reward",
-                                     mode="max", save_top_k=1, auto_insert_metric_name=False,
-                                     enable_version_counter=False)
-        callbacks.append(checkpoint)
+        best = BestWeights(monitor="val/reward")
+        callbacks.append(best)
     stop = cfg.trainer.early_stopping
     if stop.enabled:
         callbacks.append(EarlyStopping(monitor="val/reward", mode="max", patience=stop.patience,
                                        min_delta=stop.min_delta))
-    return callbacks, checkpoint
+    if cfg.get("optuna"):
+        from rmlab.pruning import OptunaPruning
+
+        callbacks.append(OptunaPruning(cfg.optuna))
+    return callbacks, best
 
 
 def validate_for_context(cfg: DictConfig, context: dict[str, Any]) -> None:
@@ -208,7 +215,7 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
     if tracked:
         from rmlab.tracking import Tracker
 
-        tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment)
+        tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment, cfg.logger.flush_every_s)
         if parent_run_id:
             from rmlab.sweep import reuse_finished_run
 
@@ -230,10 +237,12 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, context: dict[str
     module = ObjectiveModule(parts.model, parts.loss, parts.reward, parts.info,
                              optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
                              max_epochs=cfg.trainer.max_epochs, log_every_n_steps=cfg.trainer.log_every_n_steps,
+                             batch_size=parts.task.batch_size, gradient_clip_val=cfg.trainer.gradient_clip_val,
                              feedback=parts.feedback)
-    data = TaskDataModule(parts.task, seed=cfg.seed)
+    data = TaskDataModule(parts.task, seed=cfg.seed, steps_per_chunk=cfg.trainer.steps_per_chunk,
+                          limit_train_batches=cfg.trainer.limit_train_batches)
     out = output_dir()
-    callbacks, checkpoint = make_callbacks(cfg, out)
+    callbacks, best = make_callbacks(cfg, out)
     loggers = []
     if tracker is not None:
         from rmlab.tracking import TrackerLogger
@@ -244,16 +253,26 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, context: dict[str
     if tracker is not None:
         _open_run(tracker, cfg, run_tags(cfg, context), parent_run_id)
     try:
+        started = time.perf_counter()
         trainer.fit(module, datamodule=data)
-        tested = trainer.test(module, datamodule=data, ckpt_path="best" if checkpoint else None, verbose=False)
-        results: dict[str, Any] = dict(tested[0]) if tested else {}
-        if checkpoint is not None and checkpoint.best_model_score is not None:
-            results["val/best_reward"] = float(checkpoint.best_model_score)
+        fit_s = time.perf_counter() - started
+        if best is not None:
+            best.restore(module)  # test the weights with the best val/reward
+        trainer.test(module, datamodule=data, verbose=False)
+        results: dict[str, Any] = {k: v for k, v in module.epoch_metrics.items() if k.startswith("test/")}
+        if best is not None and best.best_score is not None:
+            results["val/best_reward"] = best.best_score
+            saved = best.save(out / "checkpoints" / "best.ckpt")
+            if tracker is not None and cfg.logger.log_checkpoint and saved is not None:
+                tracker.log_artifact(saved, "checkpoints")
+        # Throughput of the whole fit (training, per-epoch validation, logging): what the benchmark compares.
+        results["perf/fit_s"] = fit_s
+        results["perf/train_samples_per_s"] = module.samples_trained / fit_s
+        if module.first_step_time is not None:
+            results["perf/first_step_unix"] = module.first_step_time
         if tracker is not None:
-            if "val/best_reward" in results:
-                tracker.log_metrics({"val/best_reward": results["val/best_reward"]}, step=trainer.global_step)
-            if cfg.logger.log_checkpoint and checkpoint is not None and checkpoint.best_model_path:
-                tracker.log_artifact(checkpoint.best_model_path, "checkpoints")
+            final = {k: v for k, v in results.items() if k == "val/best_reward" or k.startswith("perf/")}
+            tracker.log_metrics(final, step=trainer.global_step)
     except BaseException as err:
         if tracker is not None:
             status, reason = _ending(err)

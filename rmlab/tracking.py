@@ -5,7 +5,8 @@ Rules this module keeps (see FACTS.md for why):
   that ``mlflow ui`` opens when started in the same directory. Never the file store that Lightning defaults to.
 - experiments on a local sqlite store get an absolute artifact location beside the database (``mlartifacts/``).
 - params are logged synchronously and in full (Lightning's MLFlowLogger truncates them to 250 characters); metrics
-  asynchronously, drained before the run is closed.
+  are buffered and sent asynchronously at most every ``flush_every_s`` seconds (each write to a sqlite store costs
+  milliseconds of CPU, which a small model's training would otherwise share), drained before the run is closed.
 - a run always ends with an explicit status: FINISHED, FAILED (with the error in the ``error`` tag) or KILLED.
 """
 
@@ -89,8 +90,11 @@ def get_or_create_experiment(client: MlflowClient, uri: str, name: str) -> str:
 class Tracker:
     """One MLflow run, opened by ``start`` and always closed by ``finish`` with an explicit status."""
 
-    def __init__(self, tracking_uri: str | None, experiment: str) -> None:
+    def __init__(self, tracking_uri: str | None, experiment: str, flush_every_s: float = 5.0) -> None:
         self.uri = resolve_tracking_uri(tracking_uri)
+        self.flush_every_s = flush_every_s
+        self._buffer: list[Metric] = []
+        self._last_send = time.monotonic()
         db = sqlite_path(self.uri)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
@@ -119,8 +123,16 @@ class Tracker:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
+        self._buffer += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if time.monotonic() - self._last_send >= self.flush_every_s:
+            self._send()
+
+    def _send(self) -> None:
+        """Queue the buffered metrics as one asynchronous batch."""
+        if self._buffer:
+            batch, self._buffer = self._buffer, []
+            self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
+        self._last_send = time.monotonic()
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
@@ -129,6 +141,8 @@ class Tracker:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def flush(self) -> None:
+        """Send what is buffered and wait until every queued batch is stored."""
+        self._send()
         pending, self._pending = self._pending, []
         for operation in pending:
             if operation is not None:

@@ -1,0 +1,194 @@
+"""A sweep's summary table, built from its jobs' outcomes: one row per cell, written as CSV, Markdown and a PNG plot.
+
+A *cell* is a job's overrides without ``seed=...``: the jobs of a cell differ only by seed, so the cell's row holds the
+mean and the sample standard deviation (ddof=1, blank below two runs) of each metric over its finished runs. Columns
+are the overrides that vary across the sweep (``loss``, ``task.label_noise``), the reward, ``n`` (finished runs) and
+``failed``. In an Optuna sweep every trial is its own cell, listed best first by the study's objective.
+
+Everything here works on plain data (``JobRecord``), so it is tested without MLflow; ``rmlab.sweep`` reads the runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+METRICS = ("test/reward", "val/best_reward", "test/loss")
+SEED_KEYS = ("seed", "+seed", "++seed")
+
+
+@dataclass
+class JobRecord:
+    """What the summary needs from one child run."""
+
+    overrides: dict[str, str]  # key -> value text, as the job got them on its command line
+    status: str  # FINISHED, FAILED, KILLED, ...
+    metrics: dict[str, float]
+    reward: str = ""
+    trial: int | None = None  # Optuna trial number (or Hydra job number)
+
+
+@dataclass
+class Cell:
+    values: dict[str, str]  # varying key -> value
+    reward: str
+    n: int = 0
+    failed: int = 0
+    stats: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # metric -> (mean, std)
+    trial: int | None = None
+
+    def label(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.values.items()) or "all"
+
+    def mean(self, metric: str) -> float | None:
+        return self.stats.get(metric, (None, None))[0]
+
+
+def parse_overrides(text: str) -> dict[str, str]:
+    """``"loss=gce seed=1"`` -> ``{"loss": "gce", "seed": "1"}`` (the form of the children's ``rmlab.overrides``)."""
+    pairs = (item.split("=", 1) for item in text.split() if "=" in item)
+    return {key: value for key, value in pairs}
+
+
+def varying_keys(records: Sequence[JobRecord], group_seeds: bool = True) -> list[str]:
+    """Override keys whose value differs between jobs, in first-seen order (seed left out when seeds are grouped)."""
+    keys: list[str] = []
+    for record in records:
+        keys += [k for k in record.overrides if k not in keys]
+    return [k for k in keys if len({r.overrides.get(k, "") for r in records}) > 1
+            and not (group_seeds and k in SEED_KEYS)]
+
+
+def _stats(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def build_cells(records: Sequence[JobRecord], metrics: Sequence[str] = METRICS,
+                trials: bool = False) -> tuple[list[str], list[Cell]]:
+    """(varying keys, cells). Grid: one cell per distinct non-seed override set, in job order. Trials: one per job."""
+    keys = varying_keys(records, group_seeds=not trials)
+    groups: dict[tuple, list[JobRecord]] = {}
+    for i, record in enumerate(records):
+        ident = (i,) if trials else tuple(record.overrides.get(k, "") for k in keys)
+        groups.setdefault(ident, []).append(record)
+    cells = []
+    for members in groups.values():
+        done = [r for r in members if r.status == "FINISHED"]
+        cell = Cell(values={k: members[0].overrides.get(k, "") for k in keys},
+                    reward=",".join(sorted({r.reward for r in members if r.reward})),
+                    n=len(done), failed=len(members) - len(done), trial=members[0].trial if trials else None)
+        cell.stats = {m: _stats([r.metrics[m] for r in done if m in r.metrics]) for m in metrics}
+        cells.append(cell)
+    return keys, cells
+
+
+def best_cell(cells: Sequence[Cell], metric: str = "val/best_reward", maximize: bool = True) -> Cell | None:
+    """The cell selected by ``metric`` (validation, never test: test numbers must not choose)."""
+    scored = [c for c in cells if c.mean(metric) is not None]
+    if not scored:
+        return None
+    return (max if maximize else min)(scored, key=lambda c: c.mean(metric))
+
+
+def sort_trials(cells: list[Cell], objective: str, maximize: bool) -> list[Cell]:
+    """Best first; trials without a value last."""
+    sign = -1.0 if maximize else 1.0
+    return sorted(cells, key=lambda c: (c.mean(objective) is None, sign * (c.mean(objective) or 0.0)))
+
+
+def _columns(keys: Sequence[str], cells: Sequence[Cell]) -> list[str]:
+    """Leading columns: trial (Optuna), the varying keys, and the reward unless it is already a varying key."""
+    lead = ["trial"] if cells and cells[0].trial is not None else []
+    return lead + list(keys) + ([] if "reward" in keys else ["reward"])
+
+
+def _lead_values(keys: Sequence[str], cell: Cell) -> list[str]:
+    return ([str(cell.trial)] if cell.trial is not None else []) + [cell.values[k] for k in keys] + (
+        [] if "reward" in keys else [cell.reward])
+
+
+def write_csv(keys: Sequence[str], cells: Sequence[Cell], path: Path, metrics: Sequence[str] = METRICS) -> None:
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(_columns(keys, cells) + ["n", "failed"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")])
+        for cell in cells:
+            numbers = ["" if v is None else repr(v) for m in metrics for v in cell.stats[m]]
+            out.writerow(_lead_values(keys, cell) + [cell.n, cell.failed] + numbers)
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return ""
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def markdown(keys: Sequence[str], cells: Sequence[Cell], metrics: Sequence[str] = METRICS) -> str:
+    """A Markdown table, "mean ± std" over seeds, 3 decimals."""
+    head = _columns(keys, cells) + ["n", "failed"] + list(metrics)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for cell in cells:
+        row = _lead_values(keys, cell) + [str(cell.n), str(cell.failed)] + [_pm(*cell.stats[m]) for m in metrics]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _numeric(values: Sequence[str]) -> bool:
+    try:
+        [float(v) for v in values]
+        return True
+    except ValueError:
+        return False
+
+
+def plot(keys: Sequence[str], cells: Sequence[Cell], path: Path, metric: str = "test/reward",
+         title: str = "") -> None:
+    """Optuna trials: ``metric`` per trial with the running best. Two varying keys, one numeric: ``metric`` against
+    it, one line per value of the other (the robustness figure). One key: bars. Otherwise: horizontal bars per cell.
+    Error bars are the std over seeds."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend to set, no figure to close
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    reward = next((c.reward for c in cells if c.reward), "")
+    label = f"{metric} ({reward})" if reward else metric
+    shown = [c for c in cells if c.mean(metric) is not None]
+    numeric = [k for k in keys if _numeric([c.values[k] for c in cells])]
+    if cells and cells[0].trial is not None:
+        shown.sort(key=lambda c: c.trial)
+        ys = [c.mean(metric) for c in shown]
+        ax.plot([c.trial for c in shown], ys, "o", label="trial")
+        ax.plot([c.trial for c in shown], [max(ys[: i + 1]) for i in range(len(ys))], "-", label="best so far")
+        ax.set(xlabel="trial", ylabel=label)
+        ax.legend()
+    elif len(keys) == 2 and numeric:
+        x_key = max(numeric, key=lambda k: len({c.values[k] for c in cells}))
+        line_key = next(k for k in keys if k != x_key)
+        for name in dict.fromkeys(c.values[line_key] for c in cells):
+            line = sorted((c for c in shown if c.values[line_key] == name), key=lambda c: float(c.values[x_key]))
+            ax.errorbar([float(c.values[x_key]) for c in line], [c.mean(metric) for c in line],
+                        yerr=[c.stats[metric][1] or 0.0 for c in line], marker="o", capsize=3,
+                        label=f"{line_key}={name}")
+        ax.set(xlabel=x_key, ylabel=label)
+        ax.legend()
+    elif len(keys) == 1:
+        ax.bar(range(len(shown)), [c.mean(metric) for c in shown],
+               yerr=[c.stats[metric][1] or 0.0 for c in shown], capsize=3)
+        ax.set_xticks(range(len(shown)), [c.values[keys[0]] for c in shown], rotation=30, ha="right")
+        ax.set(xlabel=keys[0], ylabel=label)
+    else:
+        ax.barh(range(len(shown)), [c.mean(metric) for c in shown],
+                xerr=[c.stats[metric][1] or 0.0 for c in shown], capsize=3)
+        ax.set_yticks(range(len(shown)), [c.label() for c in shown])
+        ax.invert_yaxis()
+        ax.set(xlabel=label)
+    if not shown:
+        ax.text(0.5, 0.5, f"no finished run has {metric}", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title(title)
+    fig.savefig(path, dpi=120)
