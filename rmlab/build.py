@@ -148,6 +148,8 @@ def validate_trainer(trainer: DictConfig) -> None:
           f"trainer.log_every_n_steps must be an integer >= 1, got {trainer.log_every_n_steps}")
     check(isinstance(trainer.steps_per_chunk, int) and trainer.steps_per_chunk >= 1,
           f"trainer.steps_per_chunk must be an integer >= 1, got {trainer.steps_per_chunk}")
+    check(isinstance(trainer.check_val_every_n_epoch, int) and trainer.check_val_every_n_epoch >= 1,
+          f"trainer.check_val_every_n_epoch must be an integer >= 1, got {trainer.check_val_every_n_epoch}")
     limit = trainer.limit_train_batches
     check(limit is None or (isinstance(limit, (int, float)) and limit > 0),
           f"trainer.limit_train_batches must be null, a fraction in (0, 1] or a count >= 1, got {limit}")

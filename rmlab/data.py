@@ -89,9 +89,11 @@ class TaskDataModule(pl.LightningDataModule):
         return TensorBatches(x, y, self.task.batch_size, shuffle=True, seed=self.seed,
                              steps_per_chunk=self.steps_per_chunk, max_batches=limit, rank=rank, world_size=world)
 
-    # Evaluation runs whole on every rank: the metrics are then exact without a cross-rank reduction.
-    def val_dataloader(self) -> TensorBatches:
+    # Evaluation is run by the module itself (ObjectiveModule.evaluate), whole on every rank: the metrics are then
+    # exact without a cross-rank reduction. Not Lightning's val/test dataloader hooks on purpose (see rmlab.checkpoint).
+    def val_batches(self) -> TensorBatches:
         return TensorBatches(*self.splits["val"], self.eval_batch_size, shuffle=False)
 
-    def test_dataloader(self) -> TensorBatches:
+    def test_batches(self) -> TensorBatches:
+        self.setup()
         return TensorBatches(*self.splits["test"], self.eval_batch_size, shuffle=False)

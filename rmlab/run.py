@@ -143,7 +143,7 @@ def make_trainer(cfg: DictConfig, callbacks: list, loggers: list, out: Path):
         return pl.Trainer(
             accelerator=t.accelerator, devices=t.devices, precision=t.precision, max_epochs=t.max_epochs,
             strategy=t.strategy, deterministic=t.deterministic,
-            log_every_n_steps=1, check_val_every_n_epoch=t.check_val_every_n_epoch,
+            log_every_n_steps=1,
             fast_dev_run=t.fast_dev_run,
             # rmlab logs per-step metrics itself (rmlab.module), so Lightning's log_every_n_steps has nothing to gate.
             enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
@@ -154,26 +154,15 @@ def make_trainer(cfg: DictConfig, callbacks: list, loggers: list, out: Path):
         raise ConfigError(f"trainer: {err}") from err
 
 
-def make_callbacks(cfg: DictConfig, out: Path) -> tuple[list, Any]:
-    """The run's callbacks, and the one keeping the best weights (None when trainer.checkpoint.enabled is false)."""
-    from pytorch_lightning.callbacks import EarlyStopping
+def make_callbacks(cfg: DictConfig, data) -> list:
+    """The run's callbacks: the epoch-end validation (best weights, early stopping, pruning) first."""
+    from rmlab.checkpoint import Validation
 
-    from rmlab.checkpoint import BestWeights
-
-    callbacks: list = []
-    best = None
-    if cfg.trainer.checkpoint.enabled and not cfg.trainer.fast_dev_run:
-        best = BestWeights(monitor="val/reward")
-        callbacks.append(best)
     stop = cfg.trainer.early_stopping
-    if stop.enabled:
-        callbacks.append(EarlyStopping(monitor="val/reward", mode="max", patience=stop.patience,
-                                       min_delta=stop.min_delta))
-    if cfg.get("optuna"):
-        from rmlab.pruning import OptunaPruning
-
-        callbacks.append(OptunaPruning(cfg.optuna))
-    return callbacks, best
+    return [Validation(data.val_batches, every_n_epochs=cfg.trainer.check_val_every_n_epoch,
+                       keep_best=bool(cfg.trainer.checkpoint.enabled),
+                       patience=stop.patience if stop.enabled else None, min_delta=stop.min_delta,
+                       optuna_cfg=cfg.get("optuna"))]
 
 
 def validate_for_context(cfg: DictConfig, context: dict[str, Any]) -> None:
@@ -242,7 +231,8 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, context: dict[str
     data = TaskDataModule(parts.task, seed=cfg.seed, steps_per_chunk=cfg.trainer.steps_per_chunk,
                           limit_train_batches=cfg.trainer.limit_train_batches)
     out = output_dir()
-    callbacks, best = make_callbacks(cfg, out)
+    callbacks = make_callbacks(cfg, data)
+    validation = callbacks[0]
     loggers = []
     if tracker is not None:
         from rmlab.tracking import TrackerLogger
@@ -256,15 +246,13 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, context: dict[str
         started = time.perf_counter()
         trainer.fit(module, datamodule=data)
         fit_s = time.perf_counter() - started
-        if best is not None:
-            best.restore(module)  # test the weights with the best val/reward
-        trainer.test(module, datamodule=data, verbose=False)
-        results: dict[str, Any] = {k: v for k, v in module.epoch_metrics.items() if k.startswith("test/")}
-        if best is not None and best.best_score is not None:
-            results["val/best_reward"] = best.best_score
-            saved = best.save(out / "checkpoints" / "best.ckpt")
-            if tracker is not None and cfg.logger.log_checkpoint and saved is not None:
-                tracker.log_artifact(saved, "checkpoints")
+        validation.restore(module)  # test the weights with the best val/reward (if kept)
+        results: dict[str, Any] = module.evaluate("test", data.test_batches())
+        if validation.best_score is not None:
+            results["val/best_reward"] = validation.best_score
+        saved = validation.save(out / "checkpoints" / "best.ckpt")
+        if tracker is not None and cfg.logger.log_checkpoint and saved is not None:
+            tracker.log_artifact(saved, "checkpoints")
         # Throughput of the whole fit (training, per-epoch validation, logging): what the benchmark compares.
         results["perf/fit_s"] = fit_s
         results["perf/train_samples_per_s"] = module.samples_trained / fit_s

@@ -124,9 +124,8 @@ def test_ctrl_c_marks_the_run_killed(workdir, monkeypatch):
 
     original = run_module.make_callbacks
 
-    def with_ctrl_c(cfg, out):
-        callbacks, checkpoint = original(cfg, out)
-        return callbacks + [CtrlC()], checkpoint
+    def with_ctrl_c(cfg, data):
+        return original(cfg, data) + [CtrlC()]
 
     monkeypatch.setattr(run_module, "make_callbacks", with_ctrl_c)
     handler = signal.getsignal(signal.SIGINT)
@@ -193,3 +192,18 @@ def test_best_weights_are_saved_and_tested(workdir):
     with torch.no_grad():
         accuracy = (parts.model(test.x).argmax(1) == test.y).float().mean().item()
     assert accuracy == pytest.approx(results["test/reward"], abs=1e-6)
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement(workdir):
+    # A learning rate too small to move val/reward: the first epoch is the best, then `patience` stale ones.
+    train(compose_config(*FAST, "trainer.max_epochs=20", "optimizer.lr=1e-12", "trainer.early_stopping.enabled=true",
+                         "trainer.early_stopping.patience=3"))
+    client, run = only_run(workdir)
+    assert len(client.get_metric_history(run.info.run_id, "val/reward")) == 4
+
+
+def test_validation_every_n_epochs(workdir):
+    train(compose_config(*FAST, "trainer.max_epochs=5", "trainer.check_val_every_n_epoch=2"))
+    client, run = only_run(workdir)
+    epochs = [m.step for m in client.get_metric_history(run.info.run_id, "val/reward")]
+    assert len(epochs) == 3  # after epochs 2 and 4, and after the last one

@@ -1,0 +1,168 @@
+"""rmlab against a hand-written PyTorch loop: same model, data, batch size, epochs, optimizer and seed.
+
+Prints one JSON object per line:
+- one per case (``overhead_bound``: the default run, a small MLP on digits; ``compute_bound``: a wide MLP on a larger
+  synthetic task) with ``case``, ``raw_samples_per_s``, ``rmlab_samples_per_s``, ``ratio`` (rmlab / raw), medians
+  over ``--pairs`` alternating pairs. rmlab runs through its configs and ``rmlab.run.train`` (what ``python -m rmlab``
+  calls) with MLflow tracking on, into a temporary store; its samples/s is over the whole fit (training, per-epoch
+  validation, logging), the raw loop's over its training plus the same per-epoch validation;
+- ``startup``: wall time of a whole default run (``python -m rmlab``), the time from the command to its first
+  training step, and of ``python -m rmlab --help``;
+- ``sweep``: a 12-job sweep of tiny runs in one ``python -m rmlab -m`` command: wall time per job, against one
+  standalone run's wall time and against the pure training time (fit) of a job.
+
+    python bench/benchmark.py                    # everything (about 5 minutes on 2 cores)
+    python bench/benchmark.py --only cases --pairs 5
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+CASES = {
+    "overhead_bound": ["task=digits", "model=mlp"],
+    "compute_bound": ["task=synthetic_classification", "task.n_samples=20000", "task.n_features=256",
+                      "task.n_informative=64", "task.n_classes=10", "task.batch_size=256",
+                      "model.hidden_sizes=[1024,1024,1024]", "trainer.max_epochs=3"],
+}
+
+
+def compose(overrides):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from rmlab.paths import CONFIG_DIR
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+def raw_loop(cfg) -> float:
+    """The hand-written loop: data as tensors, index slices, Adam, per-epoch validation accuracy. Samples/s."""
+    import torch
+
+    from rmlab.build import build_components
+    from rmlab.optim import build_optimizer
+    from rmlab.run import seed_all
+
+    seed_all(cfg.seed)
+    parts = build_components(cfg)
+    splits = parts.task.load()
+    x, y = splits["train"].x, splits["train"].y
+    xv, yv = splits["val"].x, splits["val"].y
+    model, loss_fn, batch = parts.model, parts.loss, parts.task.batch_size
+    optimizer = build_optimizer(model.parameters(), dict(cfg.optimizer), cfg.trainer.max_epochs)["optimizer"]
+    generator = torch.Generator().manual_seed(cfg.seed)
+    started = time.perf_counter()
+    for _ in range(cfg.trainer.max_epochs):
+        model.train()
+        perm = torch.randperm(len(x), generator=generator)
+        xs, ys = x[perm], y[perm]
+        for i in range(0, len(xs), batch):
+            loss = loss_fn(model(xs[i:i + batch]), ys[i:i + batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            accuracy = (model(xv).argmax(1) == yv).float().mean().item()
+    elapsed = time.perf_counter() - started
+    assert accuracy == accuracy  # the value is used: the last evaluation is not optimised away
+    return len(x) * cfg.trainer.max_epochs / elapsed
+
+
+def rmlab_fit(cfg) -> float:
+    from rmlab.run import train
+
+    return train(cfg)["perf/train_samples_per_s"]
+
+
+def bench_cases(pairs: int, only_case: str | None) -> None:
+    import logging
+
+    logging.disable(logging.WARNING)
+    workdir = tempfile.mkdtemp(prefix="rmlab-bench-")
+    os.chdir(workdir)
+    for case, overrides in CASES.items():
+        if only_case and case != only_case:
+            continue
+        cfg = compose([*overrides, "trainer.enable_progress_bar=false", f"logger.tracking_uri=sqlite:///{workdir}/mlflow.db"])
+        rmlab_fit(cfg)  # warm-up: creates the store and the experiment, first-call costs
+        raw, ours = [], []
+        for _ in range(pairs):
+            raw.append(raw_loop(cfg))
+            ours.append(rmlab_fit(cfg))
+        r, o = statistics.median(raw), statistics.median(ours)
+        print(json.dumps({"case": case, "raw_samples_per_s": round(r), "rmlab_samples_per_s": round(o),
+                          "ratio": round(o / r, 3), "pairs": pairs}), flush=True)
+
+
+def run_cli(args, cwd):
+    started = time.time()
+    done = subprocess.run([sys.executable, "-m", "rmlab", *args], cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-2000:])
+    return started, time.time() - started
+
+
+def last_runs(cwd, n):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd}/mlflow.db")
+    experiment = client.get_experiment_by_name("rmlab")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=n + 1)
+    return [r for r in runs if r.data.tags.get("rmlab.role") != "parent"][:n]
+
+
+def bench_startup() -> None:
+    cwd = tempfile.mkdtemp(prefix="rmlab-bench-")
+    run_cli(["trainer.max_epochs=1", "trainer.enable_progress_bar=false"], cwd)  # creates the store
+    started, wall = run_cli(["trainer.enable_progress_bar=false"], cwd)
+    first_step = last_runs(cwd, 1)[0].data.metrics["perf/first_step_unix"] - started
+    help_started = time.time()
+    subprocess.run([sys.executable, "-m", "rmlab", "--help"], capture_output=True, check=True)
+    print(json.dumps({"case": "startup", "default_run_wall_s": round(wall, 2),
+                      "command_to_first_step_s": round(first_step, 2),
+                      "help_s": round(time.time() - help_started, 2)}), flush=True)
+
+
+def bench_sweep(jobs: int = 12) -> None:
+    cwd = tempfile.mkdtemp(prefix="rmlab-bench-")
+    tiny = ["task=wine", "trainer.max_epochs=5", "trainer.enable_progress_bar=false"]
+    run_cli([*tiny], cwd)  # creates the store
+    _, standalone = run_cli([*tiny, "seed=100"], cwd)
+    _, sweep_wall = run_cli(["-m", *tiny, "seed=" + ",".join(str(s) for s in range(jobs))], cwd)
+    fits = [r.data.metrics["perf/fit_s"] for r in last_runs(cwd, jobs)]
+    per_job = sweep_wall / jobs
+    print(json.dumps({"case": "sweep", "jobs": jobs, "sweep_wall_s": round(sweep_wall, 2),
+                      "per_job_s": round(per_job, 3), "standalone_run_s": round(standalone, 2),
+                      "job_fit_s": round(statistics.median(fits), 3),
+                      "per_job_over_fit": round(per_job / statistics.median(fits), 2),
+                      "per_job_over_standalone": round(per_job / standalone, 3)}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=3, help="alternating raw/rmlab pairs per case (median)")
+    parser.add_argument("--only", choices=["cases", "startup", "sweep"], help="run one part")
+    parser.add_argument("--case", choices=list(CASES), help="with --only cases: one case")
+    args = parser.parse_args()
+    if args.only in (None, "startup"):
+        bench_startup()
+    if args.only in (None, "sweep"):
+        bench_sweep()
+    if args.only in (None, "cases"):
+        bench_cases(args.pairs, args.case)
+
+
+if __name__ == "__main__":
+    main()
