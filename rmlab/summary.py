@@ -54,12 +54,13 @@ def parse_overrides(text: str) -> dict[str, str]:
     return {key: value for key, value in pairs}
 
 
-def varying_keys(records: Sequence[JobRecord], group_seeds: bool = True) -> list[str]:
-    """Override keys whose value differs between jobs, in first-seen order (seed left out when seeds are grouped)."""
+def varying_keys(records: Sequence[JobRecord], group_seeds: bool = True, searched: Sequence[str] = ()) -> list[str]:
+    """Override keys whose value differs between jobs, or that were ``searched`` (an Optuna space, even when one trial
+    ran), in first-seen order; seed is left out when seeds are grouped."""
     keys: list[str] = []
     for record in records:
         keys += [k for k in record.overrides if k not in keys]
-    return [k for k in keys if len({r.overrides.get(k, "") for r in records}) > 1
+    return [k for k in keys if (k in searched or len({r.overrides.get(k, "") for r in records}) > 1)
             and not (group_seeds and k in SEED_KEYS)]
 
 
@@ -70,10 +71,10 @@ def _stats(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def build_cells(records: Sequence[JobRecord], metrics: Sequence[str] = METRICS,
-                trials: bool = False) -> tuple[list[str], list[Cell]]:
+def build_cells(records: Sequence[JobRecord], metrics: Sequence[str] = METRICS, trials: bool = False,
+                searched: Sequence[str] = ()) -> tuple[list[str], list[Cell]]:
     """(varying keys, cells). Grid: one cell per distinct non-seed override set, in job order. Trials: one per job."""
-    keys = varying_keys(records, group_seeds=not trials)
+    keys = varying_keys(records, group_seeds=not trials, searched=searched)
     groups: dict[tuple, list[JobRecord]] = {}
     for i, record in enumerate(records):
         ident = (i,) if trials else tuple(record.overrides.get(k, "") for k in keys)
@@ -129,12 +130,21 @@ def _pm(mean: float | None, std: float | None) -> str:
     return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
 
 
+def _short(value: str) -> str:
+    """A sampled float (Optuna's 0.0026938830192854116) in 4 significant digits; anything else as it is."""
+    try:
+        return value if float(value).is_integer() or len(value) <= 8 else f"{float(value):.4g}"
+    except ValueError:
+        return value
+
+
 def markdown(keys: Sequence[str], cells: Sequence[Cell], metrics: Sequence[str] = METRICS) -> str:
-    """A Markdown table, "mean ± std" over seeds, 3 decimals."""
+    """A Markdown table, "mean ± std" over seeds, 3 decimals (the CSV keeps every digit)."""
     head = _columns(keys, cells) + ["n", "failed"] + list(metrics)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cell in cells:
-        row = _lead_values(keys, cell) + [str(cell.n), str(cell.failed)] + [_pm(*cell.stats[m]) for m in metrics]
+        lead = [_short(v) for v in _lead_values(keys, cell)]
+        row = lead + [str(cell.n), str(cell.failed)] + [_pm(*cell.stats[m]) for m in metrics]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

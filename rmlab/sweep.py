@@ -80,6 +80,7 @@ class SweepCallback(Callback):
         self.sweep_dir: Path | None = None
         self.run_name: str | None = None
         self.optuna: dict[str, Any] | None = None  # objective and direction of an rmlab_optuna sweep
+        self.fixed: list[str] = []
         self._signal: str | None = None  # the signal that stopped the sweep, if one did
         self._previous: dict[int, Any] = {}
 
@@ -106,6 +107,12 @@ class SweepCallback(Callback):
             self.optuna = {"objective": str(config.hydra.sweeper.objective),
                            "maximize": config.hydra.sweeper.direction == "maximize"}
         overrides = list(config.hydra.overrides.task)
+        # Keys the sweep sets to one value: never a column of the summary, even in an Optuna sweep where every
+        # other key of a trial's overrides was searched.
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        self.fixed = [o.get_key_element() for o in OverridesParser.create().parse_overrides(overrides)
+                      if not o.is_sweep_override()]
         # Creating the store and the experiment here, before any job starts, is what keeps parallel jobs from racing
         # to create a fresh sqlite schema (FACTS.md).
         tracker = Tracker(self.uri, self.experiment)
@@ -143,9 +150,10 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.run_id is None:
             return
+        self._close("FINISHED", fail_running=True)
+        # Only now: an interrupt while closing still leaves the exit hook to close the parent.
         atexit.unregister(self._stopped_early)
         self._restore_signals()
-        self._close("FINISHED", fail_running=True)
 
     # -- ending ----------------------------------------------------------------------------------------------------
 
@@ -153,7 +161,7 @@ class SweepCallback(Callback):
         """Summarise the children onto the parent and close it with ``status``."""
         from rmlab.tracking import Tracker
 
-        run_id, self.run_id = self.run_id, None
+        run_id = self.run_id
         tracker = Tracker(self.uri, self.experiment)
         tracker.run_id = run_id
         try:
@@ -172,6 +180,7 @@ class SweepCallback(Callback):
             log.error(f"Sweep summary failed: {type(err).__name__}: {err}")
             tracker.set_tags({"error": f"summary failed: {type(err).__name__}: {err}"})
         tracker.client.set_terminated(run_id, status)
+        self.run_id = None
 
     def _stopped_early(self) -> None:
         """Exit hook: the sweep ended without ``on_multirun_end`` (Ctrl-C, SIGTERM, an error in the sweeper)."""
@@ -232,7 +241,8 @@ class SweepCallback(Callback):
             metrics=dict(run.data.metrics), reward=run.data.tags.get("reward", ""),
             trial=int(float(run.data.params.get("optuna.trial_number", run.data.tags.get("rmlab.job_num", -1)))),
         ) for run in children]
-        keys, cells = summary.build_cells(records, metrics, trials=trials)
+        searched = [k for r in records for k in r.overrides if k not in self.fixed] if trials else []
+        keys, cells = summary.build_cells(records, metrics, trials=trials, searched=searched)
         if trials:
             cells = summary.sort_trials(cells, objective, maximize)
         failures = sum(c.failed for c in cells)
@@ -252,6 +262,18 @@ class SweepCallback(Callback):
                          + ("n/a" if best_test is None else f"{best_test:.3f}"))
             tracker.log_metrics({"best/val_reward": best.mean(objective),
                                  **({"best/test_reward": best_test} if best_test is not None else {})}, step=0)
+        errors = [f"- job {r.data.tags.get('rmlab.job_num', '?')} ({r.data.tags.get('rmlab.overrides', '')}): "
+                  f"{status_of[r.info.run_id]}, {r.data.tags.get('error', 'no error recorded')}"
+                  for r in children if status_of[r.info.run_id] != "FINISHED"]
+        if errors:
+            lines += ["", "Failed jobs:", *errors]
+        results = self.sweep_dir / "optimization_results.yaml"
+        if trials and results.is_file():
+            # This sweep's trials are a part of the study when it resumed one: give the study's best as well.
+            study = OmegaConf.load(results)
+            tags.update({"study_best_trial": str(study.best_trial), "study_best_value": str(study.best_value)})
+            lines.append(f"Study {study.study_name!r} best: trial {study.best_trial}, {objective} "
+                         f"{study.best_value}")
         text = "\n".join(lines) + "\n"
         files = {name: self.sweep_dir / name for name in ("summary.csv", "summary.md", "summary.png")}
         summary.write_csv(keys, cells, files["summary.csv"], metrics)
@@ -264,8 +286,9 @@ class SweepCallback(Callback):
             files.pop("summary.png")
         for path in files.values():
             tracker.log_artifact(path)
-        if (self.sweep_dir / "multirun.yaml").is_file():
-            tracker.log_artifact(self.sweep_dir / "multirun.yaml")
+        for extra in ("multirun.yaml", "optimization_results.yaml"):
+            if (self.sweep_dir / extra).is_file():
+                tracker.log_artifact(self.sweep_dir / extra)
         tracker.set_tags(tags)
         tracker.flush()
         print("rmlab sweep summary:\n" + text, flush=True)

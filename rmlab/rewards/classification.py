@@ -23,7 +23,7 @@ from torchmetrics.classification import (
 from rmlab.errors import check
 from rmlab.kinds import LOGITS, TaskInfo
 from rmlab.rewards.base import Reward
-from rmlab.rewards.metrics import AdaptedMetric, positive_class_prob, softmax
+from rmlab.rewards.metrics import AdaptedMetric, check_bins, positive_class_prob, softmax
 
 
 class _ClassificationReward(Reward):
@@ -147,11 +147,7 @@ class NegECE(_ClassificationReward):
 
     def __init__(self, n_bins: int = 15, name: str | None = None) -> None:
         super().__init__(name)
-        check(
-            isinstance(n_bins, int) and not isinstance(n_bins, bool) and n_bins >= 1,
-            f"reward {self.name!r}: n_bins must be an integer >= 1, got {n_bins!r}",
-        )
-        self.n_bins = n_bins
+        self.n_bins = check_bins(self.name, n_bins)
 
     def _metric(self, num_classes: int) -> AdaptedMetric:
         inner = MulticlassCalibrationError(num_classes, n_bins=self.n_bins, norm="l1", validate_args=False)

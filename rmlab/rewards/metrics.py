@@ -10,6 +10,8 @@ forwards. Transforms are module-level functions, not lambdas, so metrics pickle 
 from collections.abc import Callable
 import torch
 from torchmetrics import Metric
+
+from rmlab.errors import check
 from torchmetrics.wrappers.abstract import WrapperMetric
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -91,3 +93,10 @@ class AdaptedMetric(WrapperMetric):
 
     def extra_repr(self) -> str:
         return f"transform={getattr(self.transform, '__name__', None)}, sign={self.sign:+g}"
+
+
+def check_bins(reward_name: str, n_bins: object) -> int:
+    """Validate a calibration reward's ``n_bins`` (an integer >= 1) and return it."""
+    check(isinstance(n_bins, int) and not isinstance(n_bins, bool) and n_bins >= 1,
+          f"reward {reward_name!r}: n_bins must be an integer >= 1, got {n_bins!r}")
+    return n_bins

@@ -21,10 +21,10 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassCalibrationError
 from torchmetrics.regression import SpearmanCorrCoef
 
-from rmlab.errors import IncompatibleError, check
+from rmlab.errors import IncompatibleError
 from rmlab.kinds import PAIR, TaskInfo
 from rmlab.rewards.base import Reward
-from rmlab.rewards.metrics import AdaptedMetric, softmax
+from rmlab.rewards.metrics import AdaptedMetric, check_bins, softmax
 
 
 def score_margin(output: torch.Tensor) -> torch.Tensor:
@@ -156,11 +156,7 @@ class PreferenceNegECE(_PreferenceReward):
 
     def __init__(self, n_bins: int = 15, name: str | None = None) -> None:
         super().__init__(name)
-        check(
-            isinstance(n_bins, int) and not isinstance(n_bins, bool) and n_bins >= 1,
-            f"reward {self.name!r}: n_bins must be an integer >= 1, got {n_bins!r}",
-        )
-        self.n_bins = n_bins
+        self.n_bins = check_bins(self.name, n_bins)
 
     def _metric(self) -> AdaptedMetric:
         # softmax(s_c, s_r) = (sigmoid(d), sigmoid(-d)): the two sides' probabilities.

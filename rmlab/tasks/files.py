@@ -16,6 +16,15 @@ from rmlab.tasks.base import CLASSIFICATION, TASK_KINDS, Task, check_choice
 EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
+def check_user_file(resolved: Path, given: Any, extensions: dict[str, str]) -> None:
+    """Raise DataError (naming the file) unless ``resolved`` is an existing file with one of ``extensions``."""
+    if resolved.suffix.lower() not in extensions:
+        raise DataError(f"{resolved}: unknown file extension {resolved.suffix!r}; valid: {', '.join(extensions)}")
+    if not resolved.is_file():
+        where = "not a file" if resolved.exists() else "file not found"
+        raise DataError(f"{resolved}: {where} (task.path={str(given)!r}; relative paths resolve against {Path.cwd()})")
+
+
 class FileTask(Task):
     """Rows of ``path``: ``target`` is the label (classification, any type: mapped to 0..C-1 in sorted order, see
     ``classes``) or the value (regression); ``features`` (default: every other column) must be numeric."""
@@ -51,11 +60,7 @@ class FileTask(Task):
         self.features = features
         self.classes: list[Any] | None = None  # original label of each class index, once loaded
         super().__init__(**common)
-        if self.path.suffix.lower() not in EXTENSIONS:
-            raise self._error(f"unknown file extension {self.path.suffix!r}; valid: {', '.join(EXTENSIONS)}")
-        if not self.path.is_file():
-            where = "not a file" if self.path.exists() else "file not found"
-            raise self._error(f"{where} (task.path={path!r}; relative paths resolve against {Path.cwd()})")
+        check_user_file(self.path, path, EXTENSIONS)
 
     def _error(self, message: str) -> DataError:
         return DataError(f"{self.path}: {message}")

@@ -35,6 +35,7 @@ from rmlab.tasks.base import (
     check_int,
     check_real,
 )
+from rmlab.tasks.files import check_user_file
 from rmlab.tasks.sklearn_data import DATASETS as SKLEARN_DATASETS
 from rmlab.tokenizer import MIN_LENGTH, batch_encode
 
@@ -306,11 +307,7 @@ class PreferenceFile(PairTask):
         self.prompt_column, self.chosen_column, self.rejected_column = prompt_column, chosen_column, rejected_column
         self.max_length = max_length
         super().__init__(pair_flip=pair_flip, **common)
-        if self.path.suffix.lower() not in EXTENSIONS:
-            raise self._error(f"unknown file extension {self.path.suffix!r}; valid: {', '.join(EXTENSIONS)}")
-        if not self.path.is_file():
-            where = "not a file" if self.path.exists() else "file not found"
-            raise self._error(f"{where} (task.path={str(path)!r}; relative paths resolve against {Path.cwd()})")
+        check_user_file(self.path, path, EXTENSIONS)
 
     def _error(self, message: str) -> DataError:
         return DataError(f"{self.path}: {message}")
