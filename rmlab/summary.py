@@ -158,7 +158,7 @@ def _numeric(values: Sequence[str]) -> bool:
 
 
 def plot(keys: Sequence[str], cells: Sequence[Cell], path: Path, metric: str = "test/reward",
-         title: str = "") -> None:
+         title: str = "", maximize: bool = True) -> None:
     """Optuna trials: ``metric`` per trial with the running best. Two varying keys, one numeric: ``metric`` against
     it, one line per value of the other (the robustness figure). One key: bars. Otherwise: horizontal bars per cell.
     Error bars are the std over seeds."""
@@ -174,7 +174,9 @@ def plot(keys: Sequence[str], cells: Sequence[Cell], path: Path, metric: str = "
         shown.sort(key=lambda c: c.trial)
         ys = [c.mean(metric) for c in shown]
         ax.plot([c.trial for c in shown], ys, "o", label="trial")
-        ax.plot([c.trial for c in shown], [max(ys[: i + 1]) for i in range(len(ys))], "-", label="best so far")
+        best = max if maximize else min
+        ax.plot([c.trial for c in shown], [best(ys[: i + 1]) for i in range(len(ys))], "-", label="best so far")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set(xlabel="trial", ylabel=label)
         ax.legend()
     elif len(keys) == 2 and numeric:

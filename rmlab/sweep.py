@@ -8,7 +8,8 @@ the sweep directory (in-process, joblib, submitit).
 When every job has returned (``on_multirun_end``) the callback reads the parent's children back, writes the summary
 (``rmlab.summary``: one row per cell of seeds) into the sweep directory and onto the parent, and closes the parent
 FINISHED with a ``failures`` tag. A sweep that stops early (Ctrl-C, SIGTERM, an error in the sweeper) never reaches
-that hook, so an exit hook closes the parent instead, KILLED (interrupted) or FAILED, with the summary of what ran.
+that hook, so an exit hook closes the parent instead, KILLED (interrupted) or FAILED, with the summary of what ran;
+a sweep that stopped before any job ran (Hydra could not compose a job: a typo) leaves no parent behind.
 """
 
 from __future__ import annotations
@@ -64,6 +65,16 @@ def reuse_finished_run(tracker, cfg, run_name: str, tags: dict[str, str], parent
 def _experiment_id(tracker) -> str | None:
     found = tracker.client.get_experiment_by_name(tracker.experiment)
     return found.experiment_id if found else None
+
+
+def _job_record(run, status: str):
+    """What the summary needs from a child run: its overrides (tag ``rmlab.overrides``), status, metrics, reward."""
+    from rmlab.summary import JobRecord, parse_overrides
+
+    tags = run.data.tags
+    trial = run.data.params.get("optuna.trial_number", tags.get("rmlab.job_num", -1))  # Optuna's number, if any
+    return JobRecord(parse_overrides(tags.get("rmlab.overrides", "")), status, dict(run.data.metrics),
+                     reward=tags.get("reward", ""), trial=int(float(trial)))
 
 
 class SweepCallback(Callback):
@@ -186,7 +197,17 @@ class SweepCallback(Callback):
         """Exit hook: the sweep ended without ``on_multirun_end`` (Ctrl-C, SIGTERM, an error in the sweeper)."""
         if self.run_id is None:
             return
-        reason = f"interrupted ({self._signal})" if self._signal else "the sweep stopped before its end (see its log)"
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.uri)
+        if not self._signal and not self._children(client, self.run_id):
+            # No job ran: a composition error (a typo in a key or an option) that Hydra reported. Like a bad command
+            # line for a single run, it leaves no run behind.
+            client.delete_run(self.run_id)
+            (self.sweep_dir / PARENT_RUN_FILE).unlink(missing_ok=True)
+            self.run_id = None
+            return
+        reason = f"interrupted ({self._signal})" if self._signal else "stopped before its end (see the error above)"
         print(f"rmlab: sweep {reason}: closing parent run {self.run_id}", flush=True)
         self._close("KILLED" if self._signal else "FAILED", error=reason)
 
@@ -236,11 +257,7 @@ class SweepCallback(Callback):
         objective = self.optuna["objective"] if trials else "val/best_reward"
         maximize = self.optuna["maximize"] if trials else True
         metrics = list(summary.METRICS) + ([objective] if objective not in summary.METRICS else [])
-        records = [summary.JobRecord(
-            overrides=summary.parse_overrides(run.data.tags.get("rmlab.overrides", "")), status=status_of[run.info.run_id],
-            metrics=dict(run.data.metrics), reward=run.data.tags.get("reward", ""),
-            trial=int(float(run.data.params.get("optuna.trial_number", run.data.tags.get("rmlab.job_num", -1)))),
-        ) for run in children]
+        records = [_job_record(run, status_of[run.info.run_id]) for run in children]
         searched = [k for r in records for k in r.overrides if k not in self.fixed] if trials else []
         keys, cells = summary.build_cells(records, metrics, trials=trials, searched=searched)
         if trials:
@@ -280,7 +297,7 @@ class SweepCallback(Callback):
         files["summary.md"].write_text(text)
         try:
             summary.plot(keys, cells, files["summary.png"], metric=objective if trials else "test/reward",
-                         title=self.run_name)
+                         title=self.run_name, maximize=maximize)
         except ImportError as err:  # matplotlib comes with mlflow; without it there is no plot, only the tables
             log.warning(f"No summary plot: {err}")
             files.pop("summary.png")
