@@ -17,7 +17,8 @@ def main(cfg: DictConfig) -> dict[str, float] | None:
     """
     # Imported here so that --help and --cfg answer without loading torch.
     from rmlab.errors import ConfigError, RmlabError
-    from rmlab.run import job_context, train
+    from rmlab.provenance import job_context
+    from rmlab.run import train
 
     multirun = job_context()["multirun"]
     try:

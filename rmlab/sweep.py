@@ -104,7 +104,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.logger.name != "mlflow" or config.trainer.get("fast_dev_run"):
             return  # jobs are untracked (see rmlab.run.train): a parent would stay empty
-        from rmlab.run import git_commit
+        from rmlab.provenance import git_commit
         from rmlab.tracking import Tracker, resolve_tracking_uri
 
         import rmlab
