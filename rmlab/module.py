@@ -16,8 +16,8 @@ model's scores are logged each epoch, so reward drift is visible. A NaN or infin
 """
 
 import math
-from contextlib import nullcontext
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import pytorch_lightning as pl
@@ -78,12 +78,13 @@ class ObjectiveModule(pl.LightningModule):
         if split == "train":
             self.feedback_sums.zero_()
 
-    def _accumulate(self, split: str, output: Tensor, target: Tensor, loss: Tensor) -> None:
-        n = target.shape[0]
+    def _accumulate(self, split: str, output: Tensor, target: Tensor, loss_sum: Tensor) -> None:
+        """Add a batch (or a whole training chunk) to the split's sums: ``loss_sum`` is the loss summed over its
+        samples; the metric is updated once with all outputs."""
         index = SPLITS.index(split)
         row = self.loss_sums[index]
-        row[0] += loss.detach().float() * n
-        row[1] += n
+        row[0] += loss_sum.detach().float()
+        row[1] += target.shape[0]
         output = output.detach().float()
         self.metrics[index].update(output, target)
         if self.track_scores:
@@ -152,12 +153,7 @@ class ObjectiveModule(pl.LightningModule):
         """Book a whole chunk at once: one metric update, one loss sum, one host read (for the NaN check and the
         per-step log points)."""
         weights = torch.tensor(sizes, dtype=losses.dtype, device=losses.device)
-        row = self.loss_sums[0]
-        row[0] += (losses * weights).sum()
-        row[1] += targets.shape[0]
-        self.metrics[0].update(outputs.float(), targets)
-        if self.track_scores:
-            self.score_sums[0] += torch.stack([outputs.float().sum(), outputs.float().pow(2).sum()]) / 2
+        self._accumulate("train", outputs, targets, (losses * weights).sum())
         values = losses.tolist()  # the chunk's only sync
         for offset, value in enumerate(values):
             if not math.isfinite(value):
@@ -195,7 +191,7 @@ class ObjectiveModule(pl.LightningModule):
         with context:
             for x, y in batches:
                 output = self.model(x)
-                self._accumulate(split, output, y, self.loss_fn(output, y))
+                self._accumulate(split, output, y, self.loss_fn(output, y) * y.shape[0])
         self._end_epoch(split)
         self.train(was_training)
         return {k: v for k, v in self.epoch_metrics.items() if k.startswith(f"{split}/")}
