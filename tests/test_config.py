@@ -87,3 +87,21 @@ def test_wheel_carries_the_configs(tmp_path):
     assert "rmlab/conf/loss/huber.yaml" in names and "rmlab/conf/hydra/job_logging/rmlab.yaml" in names
     expected = {f"rmlab/conf/{p.relative_to(CONFIG_DIR)}" for p in CONFIG_DIR.rglob("*.yaml")}
     assert expected <= names
+
+
+def test_config_checks_import_neither_lightning_nor_mlflow():
+    """--help, --cfg and a config error answer without the heavy imports (Lightning alone takes seconds)."""
+    code = (
+        "import sys\n"
+        "from hydra import compose, initialize_config_dir\n"
+        "from rmlab.paths import CONFIG_DIR\n"
+        "from rmlab.build import build_components\n"
+        "with initialize_config_dir(version_base='1.3', config_dir=str(CONFIG_DIR)):\n"
+        "    build_components(compose('config', overrides=['loss=huber']))\n"
+        "print(sorted(m for m in ('pytorch_lightning', 'lightning', 'mlflow', 'optuna') if m in sys.modules))\n"
+    )
+    done = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=cli_env(), check=True)
+    assert done.stdout.strip() == "[]"
+    helped = subprocess.run([PYTHON, "-X", "importtime", "-m", "rmlab", "--help"], capture_output=True, text=True,
+                            env=cli_env(), check=True)
+    assert "torch" not in {line.split("|")[-1].strip() for line in helped.stderr.splitlines()}
