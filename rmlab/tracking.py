@@ -7,6 +7,8 @@ Rules this module keeps (see FACTS.md for why):
 - params are logged synchronously and in full (Lightning's MLFlowLogger truncates them to 250 characters); metrics
   are buffered and sent asynchronously at most every ``flush_every_s`` seconds (each write to a sqlite store costs
   milliseconds of CPU, which a small model's training would otherwise share), drained before the run is closed.
+  The sending thread is our own single worker, not MLflow's async queue: closing a run shuts that queue down, which
+  waits up to a second for its polling thread, a second added to every run of a sweep.
 - a run always ends with an explicit status: FINISHED, FAILED (with the error in the ``error`` tag) or KILLED.
 """
 
@@ -17,6 +19,8 @@ import os
 import re
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +74,13 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "experiment"
 
 
+@lru_cache(maxsize=8)
+def client_for(uri: str) -> MlflowClient:
+    """One client per store and process: opening a sqlite store (engine, schema check) costs about 0.1 s, paid once
+    per sweep instead of once per job."""
+    return MlflowClient(tracking_uri=uri)
+
+
 def get_or_create_experiment(client: MlflowClient, uri: str, name: str) -> str:
     """The experiment's id, creating it (with an absolute artifact location on a local store) if needed."""
     found = client.get_experiment_by_name(name)
@@ -98,11 +109,12 @@ class Tracker:
         db = sqlite_path(self.uri)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = client_for(self.uri)
         self.experiment = experiment
         self.experiment_id: str | None = None
         self.run_id: str | None = None
-        self._pending: list[Any] = []
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rmlab-metrics")
+        self._pending: list[Future] = []
 
     def start(self, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None) -> str:
         self.experiment_id = get_or_create_experiment(self.client, self.uri, self.experiment)
@@ -128,10 +140,11 @@ class Tracker:
             self._send()
 
     def _send(self) -> None:
-        """Queue the buffered metrics as one asynchronous batch."""
+        """Queue the buffered metrics as one batch for the sending thread."""
         if self._buffer:
             batch, self._buffer = self._buffer, []
-            self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
+            self._pending.append(self._sender.submit(self.client.log_batch, self.run_id, metrics=batch,
+                                                     synchronous=True))
         self._last_send = time.monotonic()
 
     def log_text(self, text: str, artifact_file: str) -> None:
@@ -145,14 +158,14 @@ class Tracker:
         self._send()
         pending, self._pending = self._pending, []
         for operation in pending:
-            if operation is not None:
-                operation.wait()
+            operation.result()  # re-raises a failed write here, before the run is closed
 
     def finish(self, status: str, error: str | None = None) -> None:
         """Drain queued metrics, record the error (if any) and close the run with ``status``."""
         try:
             self.flush()
         finally:
+            self._sender.shutdown(wait=True)
             if error:
                 self.set_tags({"error": error})
             self.client.set_terminated(self.run_id, status=status)
