@@ -239,3 +239,28 @@ def test_text_reward_model_trains_on_a_users_jsonl(workdir):
                                    "model=text_transformer", "model.width=32", "model.depth=1", "model.heads=2",
                                    "loss=bradley_terry", "reward=preference_accuracy", "trainer.max_epochs=4"))
     assert results["test/reward"] >= 0.9  # long careful answers vs "no": easy to learn
+
+
+@pytest.mark.parametrize("clip", ["null", "0.05"])
+def test_direct_steps_match_lightnings_wrappers(workdir, monkeypatch, clip):
+    """Single-device fp32 steps bypass Lightning's backward/step wrappers; the maths must be the same."""
+    from rmlab.module import ObjectiveModule
+
+    overrides = [*FAST, "logger=none", f"trainer.gradient_clip_val={clip}"]
+    direct = train(compose_config(*overrides))
+    original = ObjectiveModule.on_train_start
+
+    def through_lightning(self):
+        original(self)
+        assert self.direct_steps  # the default run takes the direct path
+        self.direct_steps = False
+
+    monkeypatch.setattr(ObjectiveModule, "on_train_start", through_lightning)
+    wrapped = train(compose_config(*overrides))
+    assert direct["test/loss"] == pytest.approx(wrapped["test/loss"], rel=1e-6)
+    assert direct["val/best_reward"] == wrapped["val/best_reward"]
+
+
+def test_bf16_mixed_precision_trains_through_lightnings_precision_plugin(workdir):
+    results = train(compose_config(*FAST, "logger=none", "trainer.precision=bf16-mixed", "trainer.max_epochs=3"))
+    assert results["test/reward"] > 0.8
