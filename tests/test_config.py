@@ -87,6 +87,17 @@ def test_wheel_carries_the_configs(tmp_path):
     assert "rmlab/conf/loss/huber.yaml" in names and "rmlab/conf/hydra/job_logging/rmlab.yaml" in names
     expected = {f"rmlab/conf/{p.relative_to(CONFIG_DIR)}" for p in CONFIG_DIR.rglob("*.yaml")}
     assert expected <= names
+    # Installed from the wheel (outside the checkout), rmlab finds its configs inside the package.
+    target = tmp_path / "site"
+    subprocess.run([PYTHON, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    env = {**cli_env(), "PYTHONPATH": str(target)}
+    where = subprocess.run([PYTHON, "-c", "import rmlab.paths as p; print(p.CONFIG_DIR)"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, check=True)
+    assert where.stdout.strip() == str(target / "rmlab" / "conf")
+    shown = subprocess.run([PYTHON, "-m", "rmlab", "--cfg", "job", "loss=huber", "sweep=noise_robustness"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    assert "name: huber" in shown.stdout and "experiment: noise_robustness" in shown.stdout
 
 
 def test_config_checks_import_neither_lightning_nor_mlflow():
