@@ -151,8 +151,18 @@ def validate_trainer(trainer: DictConfig) -> None:
     check(isinstance(trainer.check_val_every_n_epoch, int) and trainer.check_val_every_n_epoch >= 1,
           f"trainer.check_val_every_n_epoch must be an integer >= 1, got {trainer.check_val_every_n_epoch}")
     limit = trainer.limit_train_batches
-    check(limit is None or (isinstance(limit, (int, float)) and limit > 0),
-          f"trainer.limit_train_batches must be null, a fraction in (0, 1] or a count >= 1, got {limit}")
+    check(limit is None or (not isinstance(limit, bool) and (
+        (isinstance(limit, int) and limit >= 1) or (isinstance(limit, float) and 0 < limit <= 1))),
+          f"trainer.limit_train_batches must be null, a fraction in (0, 1] or an integer count >= 1, got {limit}")
+    runs = trainer.fast_dev_run
+    check(isinstance(runs, bool) or (isinstance(runs, int) and runs >= 1),
+          f"trainer.fast_dev_run must be true, false or a number of batches >= 1, got {runs}")
+    threads = trainer.num_threads
+    check(threads is None or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1),
+          f"trainer.num_threads must be null or an integer >= 1, got {threads}")
+    check(trainer.strategy not in ("ddp_spawn", "ddp_notebook", "ddp_fork"),
+          f"trainer.strategy={trainer.strategy} is not supported yet: the epoch-end validation state (best weights, "
+          "val/best_reward) would stay in the spawned workers. Use trainer.strategy=ddp (or auto)")
     clip = trainer.gradient_clip_val
     check(clip is None or clip > 0, f"trainer.gradient_clip_val must be null or > 0, got {clip}")
     check(trainer.accelerator in ("cpu", "gpu", "cuda", "mps", "tpu", "auto"),

@@ -85,7 +85,8 @@ class TaskDataModule(pl.LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         total = -(-len(x) // (world * self.task.batch_size))
-        limit = 1 if trainer is not None and trainer.fast_dev_run else limited_batches(self.limit_train_batches, total)
+        fast = int(trainer.fast_dev_run) if trainer is not None else 0  # fast_dev_run=n: n batches (true: 1)
+        limit = fast or limited_batches(self.limit_train_batches, total)
         return TensorBatches(x, y, self.task.batch_size, shuffle=True, seed=self.seed,
                              steps_per_chunk=self.steps_per_chunk, max_batches=limit, rank=rank, world_size=world)
 

@@ -143,14 +143,17 @@ class ObjectiveModule(pl.LightningModule):
                 self._direct_step(optimizer, total)
             else:
                 self.manual_backward(total)
-                if self.gradient_clip_val is not None:
-                    self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val,
-                                        gradient_clip_algorithm="norm")
-                optimizer.step()
+                optimizer.step()  # clips in on_before_optimizer_step
             outputs.append(output.detach())
             losses.append(loss.detach())
             sizes.append(y.shape[0])
         self._accumulate_chunk(torch.cat(outputs), ys, torch.stack(losses).float(), sizes, first_step)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Here, not right after manual_backward: under 16-mixed Lightning unscales the gradients just before this
+        # hook, so the norm clipped is the true one, not one scaled by the loss scale.
+        if self.gradient_clip_val is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
 
     def on_train_start(self) -> None:
         # On one device in plain fp32/fp64 there is nothing for Lightning's backward and step wrappers to do (no
@@ -212,6 +215,8 @@ class ObjectiveModule(pl.LightningModule):
         context = self.trainer.precision_plugin.forward_context() if self._trainer is not None else nullcontext()
         with context:
             for x, y in batches:
+                if self._trainer is not None:  # e.g. 64-true / bf16-true: the model's dtype, as Lightning's loops do
+                    x = self.trainer.precision_plugin.convert_input(x)
                 output = self.model(x)
                 self._accumulate(split, output, y, self.loss_fn(output, y) * y.shape[0])
         self._end_epoch(split)

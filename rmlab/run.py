@@ -96,18 +96,33 @@ def make_callbacks(cfg: DictConfig, data) -> list:
                        optuna_cfg=cfg.get("optuna"))]
 
 
+def device_count(devices: Any) -> int | None:
+    """How many devices a trainer.devices value asks for; None for "auto" or -1 (all there are)."""
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text in ("auto", "-1"):
+            return None
+        return len([d for d in text.split(",") if d.strip()]) if "," in text else int(text)
+    if isinstance(devices, int):
+        return None if devices == -1 else devices
+    return len(devices)
+
+
 def validate_for_context(cfg: DictConfig, context: dict[str, Any]) -> None:
     """Refuse what silently misbehaves inside a multirun: DDP re-runs the whole command line in every rank, which then
     starts its own sweep (with an Optuna sweeper, ranks of one group trained different configs: FACTS.md)."""
-    devices = cfg.trainer.devices
-    many = (isinstance(devices, int) and (devices > 1 or devices == -1)) or str(devices) == "auto" or (
-        not isinstance(devices, (int, str)) and len(devices) > 1)
-    if context.get("multirun") and many and cfg.trainer.strategy not in ("ddp_spawn", "ddp_notebook"):
+    count = device_count(cfg.trainer.devices)
+    if context.get("multirun") and (count is None or count > 1):
         raise ConfigError(
-            f"trainer.devices={devices} with trainer.strategy={cfg.trainer.strategy} inside a multirun: DDP re-runs the "
-            "command line in each rank, which would start its own sweep. Use trainer.strategy=ddp_spawn, or "
-            "trainer.devices=1 and run jobs in parallel with hydra/launcher=joblib"
+            f"trainer.devices={cfg.trainer.devices} inside a multirun: DDP re-runs the command line in each rank, "
+            "which would start its own sweep. Use trainer.devices=1 and run jobs in parallel instead "
+            "(hydra/launcher=joblib, or submitit_slurm with one GPU per job)"
         )
+
+
+def global_rank() -> int:
+    """This process's rank under Lightning's DDP launcher, which re-runs the command with these variables set."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
 
 
 def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
@@ -115,16 +130,17 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
     MLflow ``run_id`` (None when untracked). Raises ConfigError before anything is recorded if the config is bad
     (inside a sweep, the failed job is recorded as a FAILED child run so the sweep's summary counts it)."""
     context = job_context()
-    tracked = cfg.logger.name == "mlflow" and not cfg.trainer.fast_dev_run
+    # One MLflow run per experiment: under DDP only rank 0 tracks (every rank runs this function).
+    tracked = cfg.logger.name == "mlflow" and not cfg.trainer.fast_dev_run and global_rank() == 0
     if parent_run_id is None and tracked and context["multirun"]:
         from rmlab.sweep import parent_run_id as sweep_parent
 
         parent_run_id = sweep_parent(context["sweep_dir"])
-    set_threads(cfg, context)
     seed_all(cfg.seed)
     try:
         validate_for_context(cfg, context)
         parts: Components = build_components(cfg)
+        set_threads(cfg, context)
     except ConfigError as err:
         if tracked and parent_run_id:
             _record_failed_job(cfg, context, parent_run_id, err)
@@ -144,8 +160,9 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
                 print(result_block(reused, parts.reward.name, reused["run_id"], tracker.uri, _dashboard(tracker)))
                 return reused
     results = _fit_and_test(cfg, parts, tracker, context, parent_run_id)
-    print(result_block(results, parts.reward.name, results["run_id"], tracker.uri if tracker else None,
-                       _dashboard(tracker)))
+    if global_rank() == 0:
+        print(result_block(results, parts.reward.name, results["run_id"], tracker.uri if tracker else None,
+                           _dashboard(tracker)))
     return results
 
 
@@ -169,7 +186,12 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, context: dict[str
         from rmlab.tracking import TrackerLogger
 
         loggers.append(TrackerLogger(tracker))
-    trainer = make_trainer(cfg, callbacks, loggers, out)
+    try:
+        trainer = make_trainer(cfg, callbacks, loggers, out)
+    except ConfigError as err:  # a bad strategy or device list: inside a sweep, still a FAILED child
+        if tracker is not None and parent_run_id:
+            _record_failed_job(cfg, context, parent_run_id, err)
+        raise
 
     if tracker is not None:
         _open_run(tracker, cfg, run_tags(cfg, context), parent_run_id)
@@ -181,7 +203,7 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, context: dict[str
         results: dict[str, Any] = module.evaluate("test", data.test_batches())
         if validation.best_score is not None:
             results["val/best_reward"] = validation.best_score
-        saved = validation.save(out / "checkpoints" / "best.ckpt")
+        saved = validation.save(out / "checkpoints" / "best.ckpt") if trainer.is_global_zero else None
         if tracker is not None and cfg.logger.log_checkpoint and saved is not None:
             tracker.log_artifact(saved, "checkpoints")
         # Throughput of the whole fit (training, per-epoch validation, logging): what the benchmark compares.

@@ -48,7 +48,10 @@ def reuse_finished_run(tracker, cfg, run_name: str, tags: dict[str, str], parent
         return None
     found = tracker.client.search_runs(
         [tracker.experiment_id],
-        filter_string=f"tags.`rmlab.config_hash` = '{tags['rmlab.config_hash']}' and attributes.status = 'FINISHED'",
+        # Same config and same code: a run from before a code change is trained again.
+        filter_string=(f"tags.`rmlab.config_hash` = '{tags['rmlab.config_hash']}' and "
+                       f"tags.`mlflow.source.git.commit` = '{tags['mlflow.source.git.commit']}' and "
+                       "attributes.status = 'FINISHED'"),
         order_by=["attributes.start_time DESC"], max_results=1)
     if not found:
         return None

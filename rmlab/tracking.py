@@ -161,14 +161,23 @@ class Tracker:
             operation.result()  # re-raises a failed write here, before the run is closed
 
     def finish(self, status: str, error: str | None = None) -> None:
-        """Drain queued metrics, record the error (if any) and close the run with ``status``."""
+        """Drain queued metrics, record the error (if any) and close the run with ``status``; a run whose metrics
+        could not be stored is closed FAILED (a FINISHED run must be complete: sweeps reuse them), then the error is
+        raised."""
+        failure = None
         try:
             self.flush()
+        except Exception as err:
+            failure = err
+            status = "FAILED"
+            error = f"metrics could not be stored: {type(err).__name__}: {err}" + (f"; {error}" if error else "")
         finally:
             self._sender.shutdown(wait=True)
-            if error:
-                self.set_tags({"error": error})
-            self.client.set_terminated(self.run_id, status=status)
+        if error:
+            self.client.set_tag(self.run_id, "error", error[:MAX_TAG])
+        self.client.set_terminated(self.run_id, status=status)
+        if failure is not None:
+            raise failure
 
 
 class TrackerLogger(Logger):

@@ -115,7 +115,8 @@ SCENARIOS = {
     "joblib": (lambda cwd: run_sweep(cwd, *GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"),
                ("test_parallel_joblib_sweep_on_fresh_store_loses_nothing",)),
     "failing": (lambda cwd: (run_sweep(cwd, "optimizer.lr=0.001,-1"),
-                             run_sweep(cwd, "loss=gce,hubber", sweep_dir="typo")),
+                             run_sweep(cwd, "loss=gce,hubber", sweep_dir="typo"),
+                             run_sweep(cwd / "trainer", "trainer.strategy=auto,bogus_strategy")),
                 ("test_failed_job_is_counted_and_sweep_goes_on",)),
     "optuna": (optuna_resume, ("test_optuna_sweep_resumes_study_with_one_parent_per_sweep",)),
     "submitit": (lambda cwd: run_sweep(cwd, "loss=cross_entropy,gce", "hydra/launcher=submitit_local"),
@@ -220,7 +221,7 @@ def test_parallel_joblib_sweep_on_fresh_store_loses_nothing(sweeps):
 
 @pytest.mark.slow
 def test_failed_job_is_counted_and_sweep_goes_on(sweeps):
-    sweep, typo = sweeps["failing"].result()
+    sweep, typo, trainer = sweeps["failing"].result()
     assert sweep.rc == 0, sweep.out
     parent = sweep.parent()
     assert parent.info.status == "FINISHED" and parent.data.tags["failures"] == "1"
@@ -236,6 +237,12 @@ def test_failed_job_is_counted_and_sweep_goes_on(sweeps):
     # An unknown option stops the sweep before any job (Hydra composes them all first) and leaves no parent behind.
     assert typo.rc == 1 and "Could not find 'loss/hubber'" in typo.out
     assert len(sweep.runs()[0]) == 1 and not (typo.sweep_dir / PARENT_RUN_FILE).exists()
+    # A job whose Trainer cannot be built (an unknown strategy) is a FAILED child too, counted by its parent.
+    parent = trainer.parent()
+    assert parent.data.tags["failures"] == "1"
+    by_strategy = {c.data.tags["rmlab.overrides"].split("trainer.strategy=")[1]: c for c in trainer.children(parent)}
+    assert by_strategy["bogus_strategy"].info.status == "FAILED"
+    assert "strategy" in by_strategy["bogus_strategy"].data.tags["error"]
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """Tiny real trainings on CPU, checked through what MLflow actually stored."""
 
+import re
 import signal
 
 import pytest
@@ -264,3 +265,53 @@ def test_direct_steps_match_lightnings_wrappers(workdir, monkeypatch, clip):
 def test_bf16_mixed_precision_trains_through_lightnings_precision_plugin(workdir):
     results = train(compose_config(*FAST, "logger=none", "trainer.precision=bf16-mixed", "trainer.max_epochs=3"))
     assert results["test/reward"] > 0.8
+
+
+@pytest.mark.parametrize("precision", ["64-true", "bf16-true"])
+def test_true_precisions_evaluate_in_the_models_dtype(workdir, precision):
+    results = train(compose_config(*FAST, "logger=none", f"trainer.precision={precision}"))
+    assert results["test/reward"] > 0.5
+
+
+def test_metrics_that_cannot_be_stored_fail_the_run(workdir, monkeypatch):
+    from rmlab.tracking import Tracker
+
+    tracker = Tracker(None, "broken")
+    tracker.start("r", {})
+    tracker.log_metrics({"m": 1.0}, step=0)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("store down")
+
+    monkeypatch.setattr(tracker.client, "log_batch", refuse)
+    with pytest.raises(RuntimeError, match="store down"):
+        tracker.finish("FINISHED")
+    run = client_for(workdir).get_run(tracker.run_id)
+    assert run.info.status == "FAILED" and "store down" in run.data.tags["error"]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("trainer.limit_train_batches=1.5", "limit_train_batches must be null, a fraction in (0, 1]"),
+    ("trainer.num_threads=0", "num_threads must be null or an integer >= 1"),
+    ("trainer.strategy=ddp_spawn", "ddp_spawn is not supported yet"),
+    ("trainer.fast_dev_run=0", "fast_dev_run must be true, false or a number of batches"),
+])
+def test_trainer_values_are_checked_before_training(workdir, override, message):
+    from rmlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train(compose_config(*FAST, override))
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_fast_dev_run_n_trains_n_batches(workdir):
+    results = train(compose_config("trainer=debug", "trainer.fast_dev_run=3", "trainer.steps_per_chunk=2"))
+    assert results["perf/train_samples_per_s"] > 0
+    assert results["run_id"] is None
+
+
+def test_multirun_device_counts():
+    from rmlab.run import device_count
+
+    assert device_count(1) == 1 and device_count("2") == 2 and device_count("0,1") == 2
+    assert device_count([0, 1]) == 2 and device_count("auto") is None and device_count(-1) is None
