@@ -144,3 +144,16 @@ def test_mlflow_ui_started_in_the_directory_shows_the_run(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_records_one_run(tmp_path):
+    """Lightning's DDP launcher re-runs the command in a second process; only rank 0 tracks and saves."""
+    done = rmlab("trainer.devices=2", "trainer.strategy=ddp", "trainer.max_epochs=2",
+                 "trainer.enable_progress_bar=false", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("rmlab").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert {"test/reward", "val/reward", "train/loss"} <= set(runs[0].data.metrics)
+    assert len(list(tmp_path.rglob("best.ckpt"))) == 1
