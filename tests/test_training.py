@@ -306,7 +306,8 @@ def test_trainer_values_are_checked_before_training(workdir, override, message):
 
 def test_fast_dev_run_n_trains_n_batches(workdir):
     results = train(compose_config("trainer=debug", "trainer.fast_dev_run=3", "trainer.steps_per_chunk=2"))
-    assert results["perf/train_samples_per_s"] > 0
+    trained = results["perf/train_samples_per_s"] * results["perf/fit_s"]
+    assert round(trained) == 3 * 64  # three batches of the digits task's 64, in chunks of two
     assert results["run_id"] is None
 
 
