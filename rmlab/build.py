@@ -100,42 +100,42 @@ def _packaged_options(group: str) -> dict[str, str]:
     return found
 
 
-def compatible_options(group: str, kind: str) -> list[str]:
-    """Names of the options of ``group`` (loss or reward) whose class accepts output kind ``kind``."""
+def compatible_options(group: str, value: str, attribute: str = "accepts", default: tuple = ()) -> list[str]:
+    """Names of the options of ``group`` whose class lists ``value`` in ``attribute`` (a loss or reward's output
+    kinds by default; a model's ``input_types``)."""
     names = []
     for option, target in group_options(group).items():
         try:
-            if kind in getattr(get_class(target), "accepts", ()):
+            if value in getattr(get_class(target), attribute, default):
                 names.append(option)
         except Exception:  # an unimportable user config is not a compatible choice
             continue
     return sorted(names)
 
 
-def check_accepts(group: str, name: str, component: Any, info: TaskInfo) -> None:
-    """Raise IncompatibleError unless ``component`` accepts the task's output kind, listing those that do."""
-    if info.output_kind in component.accepts:
+def _require(group: str, name: str, offered: tuple, needed: str, info: TaskInfo, what: str, attribute: str,
+             default: tuple = ()) -> None:
+    """Raise IncompatibleError unless ``needed`` (what the task has) is among ``offered`` (what the component takes),
+    listing the options of ``group`` that would work."""
+    if needed in offered:
         return
-    fits = compatible_options(group, info.output_kind)
+    fits = compatible_options(group, needed, attribute, default)
     raise IncompatibleError(
-        f"{group}={name} does not work on task={info.name}: the task's model outputs {info.output_kind!r} but "
-        f"{group}={name} accepts {', '.join(repr(k) for k in component.accepts)}. "
+        f"{group}={name} does not work on task={info.name}: the task's {what} {needed!r} but {group}={name} accepts "
+        f"{', '.join(repr(k) for k in offered)}. "
         f"Choices of {group} that work on task={info.name}: {', '.join(fits) or '(none)'}"
     )
 
 
+def check_accepts(group: str, name: str, component: Any, info: TaskInfo) -> None:
+    """A loss or reward must accept the task's output kind."""
+    _require(group, name, component.accepts, info.output_kind, info, "model outputs", "accepts")
+
+
 def check_model_input(model_cfg: DictConfig, info: TaskInfo) -> None:
-    """Raise IncompatibleError unless the model reads the task's input type (features or token ids)."""
+    """The model must read the task's input type (feature vectors or token ids)."""
     accepted = getattr(get_class(model_cfg._target_), "input_types", (FEATURES,))
-    if info.input_type in accepted:
-        return
-    fits = sorted(name for name, target in group_options("model").items()
-                  if info.input_type in getattr(get_class(target), "input_types", (FEATURES,)))
-    raise IncompatibleError(
-        f"model={model_cfg.name} does not work on task={info.name}: the task's inputs are {info.input_type!r} but "
-        f"model={model_cfg.name} reads {', '.join(repr(t) for t in accepted)}. "
-        f"Choices of model that work on task={info.name}: {', '.join(fits) or '(none)'}"
-    )
+    _require("model", model_cfg.name, accepted, info.input_type, info, "inputs are", "input_types", (FEATURES,))
 
 
 def validate_trainer(trainer: DictConfig) -> None:

@@ -86,3 +86,14 @@ def test_incompatible_message_lists_exactly_the_compatible_losses():
     listed = str(info.value).split("that work on task=diabetes: ")[1].split(", ")
     assert listed == compatible_options("loss", "value")
     assert "mse" in listed and "huber" in listed and "cross_entropy" not in listed
+
+
+def test_a_model_that_cannot_read_the_inputs_names_the_ones_that_can(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(f'{{"prompt": "q{i}", "chosen": "yes {i}", "rejected": "no"}}\n' for i in range(30)))
+    cfg = compose_config("task=preference_file", f"task.path={path}", "loss=bradley_terry",
+                         "reward=preference_accuracy", "model=mlp")
+    with pytest.raises(IncompatibleError, match=r"model=mlp does not work on task=preference_file: the task's inputs "
+                                                r"are 'tokens' .* Choices of model that work on task=preference_file: "
+                                                r"text_transformer$"):
+        build_components(cfg)
