@@ -143,11 +143,12 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
         set_threads(cfg, context)
     except ConfigError as err:
         if tracked and parent_run_id:
-            _record_failed_job(cfg, context, parent_run_id, err)
+            _record_failed_job(cfg, run_tags(cfg, context), parent_run_id, err)
         raise
     log.info(compact_config(cfg))
 
     tracker = None
+    tags = run_tags(cfg, context) if tracked else {}  # once: it hashes the config and asks git
     if tracked:
         from rmlab.tracking import Tracker
 
@@ -155,18 +156,18 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
         if parent_run_id:
             from rmlab.sweep import reuse_finished_run
 
-            reused = reuse_finished_run(tracker, cfg, run_name(cfg), run_tags(cfg, context), parent_run_id)
+            reused = reuse_finished_run(tracker, cfg, run_name(cfg), tags, parent_run_id)
             if reused is not None:
                 print(result_block(reused, parts.reward.name, reused["run_id"], tracker.uri, _dashboard(tracker)))
                 return reused
-    results = _fit_and_test(cfg, parts, tracker, context, parent_run_id)
+    results = _fit_and_test(cfg, parts, tracker, tags, parent_run_id)
     if global_rank() == 0:
         print(result_block(results, parts.reward.name, results["run_id"], tracker.uri if tracker else None,
                            _dashboard(tracker)))
     return results
 
 
-def _fit_and_test(cfg: DictConfig, parts: Components, tracker, context: dict[str, Any],
+def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, str],
                   parent_run_id: str | None) -> dict[str, Any]:
     from rmlab.data import TaskDataModule
     from rmlab.module import ObjectiveModule
@@ -190,11 +191,11 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, context: dict[str
         trainer = make_trainer(cfg, callbacks, loggers, out)
     except ConfigError as err:  # a bad strategy or device list: inside a sweep, still a FAILED child
         if tracker is not None and parent_run_id:
-            _record_failed_job(cfg, context, parent_run_id, err)
+            _record_failed_job(cfg, tags, parent_run_id, err)
         raise
 
     if tracker is not None:
-        _open_run(tracker, cfg, run_tags(cfg, context), parent_run_id)
+        _open_run(tracker, cfg, tags, parent_run_id)
     try:
         started = time.perf_counter()
         trainer.fit(module, datamodule=data)
@@ -234,12 +235,12 @@ def _ending(err: BaseException) -> tuple[str, str]:
     return "FAILED", f"{type(err).__name__}: {err}"
 
 
-def _record_failed_job(cfg: DictConfig, context: dict[str, Any], parent_run_id: str, err: Exception) -> None:
+def _record_failed_job(cfg: DictConfig, tags: dict[str, str], parent_run_id: str, err: Exception) -> None:
     """A sweep job whose config is invalid still gets a (FAILED) child run, so the sweep's summary counts it."""
     from rmlab.tracking import Tracker
 
     tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment)
-    tracker.start(run_name(cfg), run_tags(cfg, context), parent_run_id=parent_run_id)
+    tracker.start(run_name(cfg), tags, parent_run_id=parent_run_id)
     tracker.finish("FAILED", error=f"{type(err).__name__}: {err}")
 
 
