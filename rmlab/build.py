@@ -177,6 +177,18 @@ def validate_logger(logger: DictConfig) -> None:
     if logger.name == "mlflow":
         check(isinstance(logger.flush_every_s, (int, float)) and logger.flush_every_s > 0,
               f"logger.flush_every_s must be > 0, got {logger.flush_every_s}")
+        validate_model_logging(logger)
+
+
+def validate_model_logging(logger: DictConfig) -> None:
+    """``logger.log_model`` and ``logger.register_as`` (a Model registry name: no '/' or ':')."""
+    check(isinstance(logger.log_model, bool), f"logger.log_model must be true or false, got {logger.log_model!r}")
+    name = logger.register_as
+    check(name is None or (isinstance(name, str) and name.strip() and not any(c in name for c in "/:")),
+          f"logger.register_as must be null or a model name without '/' or ':', got {name!r}")
+    check(name is None or logger.log_model,
+          f"logger.register_as={name} registers the run's model, but logger.log_model=false logs none; "
+          "set logger.log_model=true")
 
 
 def build_components(cfg: DictConfig) -> Components:

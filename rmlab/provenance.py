@@ -22,6 +22,16 @@ def run_name(cfg: DictConfig) -> str:
     return cfg.run_name or f"{cfg.task.name}-{cfg.loss.name}-{cfg.reward.name}-s{cfg.seed}"
 
 
+def command_overrides() -> list[str]:
+    """This job's command-line overrides (``loss.delta=0.5``), as typed; empty outside a Hydra app."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
 def command_line() -> str:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -59,12 +69,20 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def git_commit() -> str:
+def git_commit() -> str | None:
+    """The commit checked out in the current directory; None outside a git repository (or without git)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
+        return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
+
+
+def git_tags() -> dict[str, str]:
+    """MLflow's git tag, only where there is a commit: the UI shows it as a chip beside the source, and a chip reading
+    "unknown" would be noise."""
+    commit = git_commit()
+    return {"mlflow.source.git.commit": commit} if commit else {}
 
 
 def run_tags(cfg: DictConfig, context: dict[str, Any]) -> dict[str, str]:
@@ -73,7 +91,7 @@ def run_tags(cfg: DictConfig, context: dict[str, Any]) -> dict[str, str]:
     tags = {
         "task": cfg.task.name, "loss": cfg.loss.name, "reward": cfg.reward.name, "seed": str(cfg.seed),
         "feedback": cfg.feedback.name, "model": cfg.model.name, "optimizer": cfg.optimizer.name,
-        "rmlab_version": rmlab.__version__, "mlflow.source.git.commit": git_commit(),
+        "rmlab_version": rmlab.__version__, **git_tags(),
         "mlflow.source.name": "rmlab", "command": command_line(), "rmlab.config_hash": config_hash(cfg),
     }
     if context.get("multirun"):

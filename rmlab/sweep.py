@@ -48,11 +48,13 @@ def reuse_finished_run(tracker, cfg, run_name: str, tags: dict[str, str], parent
         return None
     found = tracker.client.search_runs(
         [tracker.experiment_id],
-        # Same config and same code: a run from before a code change is trained again.
         filter_string=(f"tags.`rmlab.config_hash` = '{tags['rmlab.config_hash']}' and "
-                       f"tags.`mlflow.source.git.commit` = '{tags['mlflow.source.git.commit']}' and "
                        "attributes.status = 'FINISHED'"),
-        order_by=["attributes.start_time DESC"], max_results=1)
+        order_by=["attributes.start_time DESC"], max_results=50)
+    # Same config and same code: a run from before a code change is trained again. (Outside a git repository no run
+    # has the commit tag, and those match each other.)
+    commit = "mlflow.source.git.commit"
+    found = [run for run in found if run.data.tags.get(commit) == tags.get(commit)]
     if not found:
         return None
     original = found[0]
@@ -107,7 +109,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.logger.name != "mlflow" or config.trainer.get("fast_dev_run"):
             return  # jobs are untracked (see rmlab.run.train): a parent would stay empty
-        from rmlab.provenance import git_commit
+        from rmlab.provenance import git_tags
         from rmlab.tracking import Tracker, resolve_tracking_uri
 
         import rmlab
@@ -139,8 +141,7 @@ class SweepCallback(Callback):
             "sweep_id": str(self.sweep_dir), "rmlab.role": "parent",
             "command": shlex.join(["python", "-m", "rmlab", "-m", *overrides]),
             "rmlab.overrides": " ".join(overrides), "rmlab.sweeper": str(sweeper), "rmlab.launcher": str(launcher),
-            "rmlab_version": rmlab.__version__, "mlflow.source.git.commit": git_commit(),
-            "mlflow.source.name": "rmlab"})
+            "rmlab_version": rmlab.__version__, **git_tags(), "mlflow.source.name": "rmlab"})
         try:
             params = {"sweep.sweeper": sweeper, "sweep.launcher": launcher, "sweep.overrides": " ".join(overrides)}
             # What a preset sweeps is not in the overrides (only `sweep=NAME` is): record the search space too.

@@ -30,6 +30,9 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 MAX_TAG = 8000
+# MLflow 3 tells GenAI experiments from model-training ones by this tag (its UI then opens the right view where the
+# experiment kind decides it).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
@@ -70,6 +73,34 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def typed_params(params: Mapping[str, str], overrides: list[str]) -> dict[str, str]:
+    """``params`` with each number the user set on the command line written as they typed it (``optimizer.lr=1e-4``
+    is stored as ``1e-4``, not Python's ``0.0001``), where the typed text means the same number."""
+    typed: dict[str, str] = {}
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        key = key.lstrip("+~")
+        if not sep or key not in params or not text.strip() or re.fullmatch(r"[-+]?\d+", params[key]):
+            continue  # not a number the config stores as a float
+        try:
+            same = float(text) == float(params[key])
+        except ValueError:
+            continue
+        if same:
+            typed[key] = text.strip()
+    return {**params, **typed}
+
+
+def current_user() -> str:
+    """The OS user name for the ``mlflow.user`` tag (MLflow's own fluent API records the same)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry and no $USER
+        return "unknown"
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "experiment"
 
@@ -89,7 +120,7 @@ def get_or_create_experiment(client: MlflowClient, uri: str, name: str) -> str:
     db = sqlite_path(uri)
     location = str(db.parent / "mlartifacts" / slug(name)) if db is not None else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except Exception:
         # Another process created it between our lookup and our create.
         found = client.get_experiment_by_name(name)
@@ -118,7 +149,7 @@ class Tracker:
 
     def start(self, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None) -> str:
         self.experiment_id = get_or_create_experiment(self.client, self.uri, self.experiment)
-        all_tags = {k: str(v)[:MAX_TAG] for k, v in tags.items()}
+        all_tags = {"mlflow.user": current_user(), **{k: str(v)[:MAX_TAG] for k, v in tags.items()}}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
@@ -146,6 +177,10 @@ class Tracker:
             self._pending.append(self._sender.submit(self.client.log_batch, self.run_id, metrics=batch,
                                                      synchronous=True))
         self._last_send = time.monotonic()
+
+    def log_inputs(self, datasets: list) -> None:
+        """Record the datasets the run used (``mlflow.entities.DatasetInput``, see ``rmlab.lineage``)."""
+        self.client.log_inputs(self.run_id, datasets=datasets)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)

@@ -30,7 +30,7 @@ def test_root_defaults():
     cfg = compose_config()
     assert cfg.task.name == "digits" and cfg.model.name == "mlp" and cfg.loss.name == "cross_entropy"
     assert cfg.reward.name == "accuracy" and cfg.optimizer.name == "adam" and cfg.logger.name == "mlflow"
-    assert cfg.feedback.name == "none" and cfg.seed == 0 and cfg.experiment == "rmlab"
+    assert cfg.feedback.name == "none" and cfg.seed == 0 and cfg.experiment == "digits"
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])

@@ -19,7 +19,7 @@ def client_for(workdir):
     return MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
 
 
-def only_run(workdir, experiment="rmlab"):
+def only_run(workdir, experiment="digits"):
     client = client_for(workdir)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id])
