@@ -84,7 +84,7 @@ def raw_loop(cfg) -> float:
 def rmlab_fit(cfg) -> float:
     from rmlab.run import train
 
-    return train(cfg)["perf/train_samples_per_s"]
+    return train(cfg)["perf_train_samples_per_s"]
 
 
 def bench_cases(pairs: int, only_case: str | None) -> None:
@@ -119,8 +119,9 @@ def last_runs(cwd, n):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{cwd}/mlflow.db")
-    experiment = client.get_experiment_by_name("rmlab")
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=n + 1)
+    # Every experiment: the default one is named after the task.
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, order_by=["attributes.start_time DESC"], max_results=n + 1)
     return [r for r in runs if r.data.tags.get("rmlab.role") != "parent"][:n]
 
 
@@ -128,7 +129,7 @@ def bench_startup() -> None:
     cwd = tempfile.mkdtemp(prefix="rmlab-bench-")
     run_cli(["trainer.max_epochs=1", "trainer.enable_progress_bar=false"], cwd)  # creates the store
     started, wall = run_cli(["trainer.enable_progress_bar=false"], cwd)
-    first_step = last_runs(cwd, 1)[0].data.metrics["perf/first_step_unix"] - started
+    first_step = float(last_runs(cwd, 1)[0].data.tags["rmlab.first_step_unix"]) - started
     help_started = time.time()
     subprocess.run([sys.executable, "-m", "rmlab", "--help"], capture_output=True, check=True)
     print(json.dumps({"case": "startup", "default_run_wall_s": round(wall, 2),
@@ -150,7 +151,7 @@ def bench_sweep(jobs: int = 12) -> None:
         _, standalone = run_cli([*args, "seed=100"], cwd)
         started, sweep_wall = run_cli(["-m", *args, "seed=" + ",".join(str(s) for s in range(jobs))], cwd)
         runs = last_runs(cwd, jobs)
-        fit = statistics.median(r.data.metrics["perf/fit_s"] for r in runs)
+        fit = statistics.median(r.data.metrics["perf_fit_s"] for r in runs)
         # The sweep's one-off start-up (imports, store, parent run) ends when the first job's run opens.
         startup = min(r.info.start_time for r in runs) / 1000 - started
         per_job = sweep_wall / jobs

@@ -59,6 +59,13 @@ def _rows(n: int) -> Iterator[slice]:
         yield slice(start, min(start + BATCH_ROWS, n))
 
 
+def _shown(value: Any) -> str:
+    """A cell as a user would name it in a message."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "an empty cell"
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def _column_type(values: list[Any]) -> str:
     """MLflow column type of a list of labels."""
     if all(isinstance(v, bool) for v in values):
@@ -165,7 +172,7 @@ class FeatureIO(ModelIO):
             if bad.any():
                 row = int(np.argmax(bad.to_numpy()))
                 raise DataError(f"column {name!r} has {int(bad.sum())} missing, non-numeric or infinite values, "
-                                f"e.g. {frame[name].iloc[row]!r} in data row {row + 1}")
+                                f"e.g. {_shown(frame[name].iloc[row])} in data row {row + 1}")
             columns.append(values.to_numpy(dtype=np.float64))
         x = np.stack(columns, axis=1) if columns else np.zeros((len(frame), 0))
         mean, std = self.spec.get("feature_mean"), self.spec.get("feature_std")
