@@ -152,7 +152,7 @@ def wine_model(tmp_path_factory):
 
 @pytest.mark.parametrize("args, message", [
     (["input=rows.csv", "color=red"], "unknown key 'color'; keys: run_id, model, input, output, tracking_uri"),
-    (["input=rows.csv", "model=models:/x/1"], "give exactly one of run_id"),
+    (["input=rows.csv", "model=models:/x/1", "run_id=abc"], "give exactly one of run_id"),
     (["input=absent.csv"], "absent.csv: file not found"),
     (["input=rows.txt"], "unknown file extension '.txt'"),
     (["input=rows.csv", "output=rows.csv"], "is the input file"),
@@ -173,7 +173,7 @@ def test_predict_reports_bad_input_in_one_line(wine_model, capsys, monkeypatch, 
     (cwd / "short.csv").write_text(frame.drop(columns=["proline"]).to_csv(index=False))
     (cwd / "text.csv").write_text(frame.astype(object).assign(alcohol=["high", 1, 2, 3]).to_csv(index=False))
     uri = f"tracking_uri=sqlite:///{cwd / 'mlflow.db'}"
-    with_run = [f"run_id={run_id}"] if not any(a.startswith("model=") for a in args) else []
+    with_run = [] if any(a.startswith(("model=", "run_id=")) for a in args) else [f"run_id={run_id}"]
     assert predict_main([*with_run, uri, *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("rmlab.predict: error: ") and message in err[-1], err
