@@ -29,8 +29,8 @@ def compact_config(cfg: DictConfig) -> str:
 
 
 def result_block(metrics: Mapping[str, float], reward_name: str, run_id: str | None, store: str | None,
-                 dashboard: str | None) -> str:
-    """The end-of-run summary: test loss and reward, and where the run is stored."""
+                 dashboard: str | None, page: str | None = None) -> str:
+    """The end-of-run summary: test loss and reward, where the run is stored, and the run's page in the UI."""
     lines = [
         "rmlab result:",
         f"  test/loss    {metrics.get('test/loss', float('nan')):.4f}",
@@ -40,6 +40,8 @@ def result_block(metrics: Mapping[str, float], reward_name: str, run_id: str | N
         lines.append(f"  best val/reward {metrics['val/best_reward']:.4f}")
     if run_id:
         lines += [f"  run id       {run_id}", f"  store        {store}", f"  dashboard    {dashboard}"]
+        if page:
+            lines.append(f"  run page     {page}")
     else:
         lines.append("  not tracked (logger=none or trainer.fast_dev_run)")
     return "\n".join(lines)

@@ -158,12 +158,13 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
 
             reused = reuse_finished_run(tracker, cfg, run_name(cfg), tags, parent_run_id)
             if reused is not None:
-                print(result_block(reused, parts.reward.name, reused["run_id"], tracker.uri, _dashboard(tracker)))
+                print(result_block(reused, parts.reward.name, reused["run_id"], tracker.uri, _dashboard(tracker),
+                                   _run_page(tracker)))
                 return reused
     results = _fit_and_test(cfg, parts, tracker, tags, parent_run_id)
     if global_rank() == 0:
         print(result_block(results, parts.reward.name, results["run_id"], tracker.uri if tracker else None,
-                           _dashboard(tracker)))
+                           _dashboard(tracker), _run_page(tracker)))
     return results
 
 
@@ -263,6 +264,14 @@ def _dashboard(tracker) -> str | None:
     from rmlab.tracking import dashboard_command
 
     return dashboard_command(tracker.uri)
+
+
+def _run_page(tracker) -> str | None:
+    if tracker is None or tracker.run_id is None:
+        return None
+    from rmlab.tracking import run_page_url
+
+    return run_page_url(tracker.uri, tracker.experiment_id, tracker.run_id)
 
 
 def _open_run(tracker, cfg: DictConfig, tags: dict[str, str], parent_run_id: str | None, task) -> None:

@@ -61,6 +61,22 @@ def dashboard_command(uri: str) -> str:
     return f"open {uri} in a browser" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
 
 
+UI_PORT = 5000  # where `mlflow ui` listens unless told otherwise
+# MLflow 3's UI opens in its GenAI view unless the link says otherwise.
+ML_VIEW = "workflowType=machine_learning"
+
+
+def run_page_url(uri: str, experiment_id: str | None, run_id: str) -> str | None:
+    """The run's page in the MLflow UI, in the model-training view: on the tracking server itself, or where
+    ``mlflow ui`` serves a local store by default; None for other stores (their UI address is not known here)."""
+    path = f"#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW}"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{path}"
+    if sqlite_path(uri) is not None:
+        return f"http://127.0.0.1:{UI_PORT}/{path}"
+    return None
+
+
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested config -> {"a.b.c": value-as-text}; lists stay whole (``[128, 128]``) so each key is one param."""
     flat: dict[str, str] = {}

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from rmlab.errors import ConfigError
 from rmlab.run import train
-from rmlab.tracking import typed_params
+from rmlab.tracking import run_page_url, typed_params
 from tests.conftest import FAST, compose_config
 
 
@@ -141,3 +141,13 @@ def test_the_run_holds_its_tested_model_linked_with_the_test_metrics(workdir):
     assert len(client.get_metric_history(run.info.run_id, "test/reward")) == 1
     [version] = client.search_model_versions("name = 'wine-mlp'")
     assert version.run_id == run.info.run_id and version.source == f"models:/{model.model_id}"
+
+
+def test_the_result_links_the_run_page_in_the_model_training_view(workdir, capsys):
+    results = train(compose_config(*FAST, "task=wine", "trainer.max_epochs=1", "logger.log_model=false"))
+    _, run = stored_run(workdir, results["run_id"])
+    page = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    assert f"run page     {page}?workflowType=machine_learning" in capsys.readouterr().out
+    assert run_page_url("http://mlflow.lab:8080/", "3", "abc") == (
+        "http://mlflow.lab:8080/#/experiments/3/runs/abc?workflowType=machine_learning")
+    assert run_page_url("postgresql://db/mlflow", "3", "abc") is None
