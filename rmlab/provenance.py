@@ -23,13 +23,23 @@ def run_name(cfg: DictConfig) -> str:
 
 
 def command_overrides() -> list[str]:
-    """This job's command-line overrides (``loss.delta=0.5``), as typed; empty outside a Hydra app."""
+    """This job's command-line overrides (``loss.delta=0.5``); in a sweep also the sweep's own, as the user typed
+    them (Hydra rewrites a job's numbers: ``1e-4`` reaches the job as ``0.0001``), read from the ``multirun.yaml``
+    that Hydra's sweeper writes into the sweep folder. Empty outside a Hydra app."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        return list(HydraConfig.get().overrides.task)
+        hc = HydraConfig.get()
     except ValueError:
         return []
+    overrides = list(hc.overrides.task)
+    saved = Path(hc.sweep.dir) / "multirun.yaml"
+    if hc.mode is not None and hc.mode.name == "MULTIRUN" and saved.is_file():
+        try:
+            overrides += [str(o) for o in OmegaConf.load(saved).hydra.overrides.task]
+        except Exception:  # an unreadable file only costs the typed spelling
+            pass
+    return overrides
 
 
 def command_line() -> str:

@@ -91,19 +91,21 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 def typed_params(params: Mapping[str, str], overrides: list[str]) -> dict[str, str]:
     """``params`` with each number the user set on the command line written as they typed it (``optimizer.lr=1e-4``
-    is stored as ``1e-4``, not Python's ``0.0001``), where the typed text means the same number."""
+    is stored as ``1e-4``, not Python's ``0.0001``), where the typed text means the same number. A sweep's list
+    (``optimizer.lr=1e-3,1e-4``) offers each of its values."""
     typed: dict[str, str] = {}
     for override in overrides:
         key, sep, text = override.partition("=")
         key = key.lstrip("+~")
-        if not sep or key not in params or not text.strip() or re.fullmatch(r"[-+]?\d+", params[key]):
+        if not sep or key not in params or re.fullmatch(r"[-+]?\d+", params[key]):
             continue  # not a number the config stores as a float
-        try:
-            same = float(text) == float(params[key])
-        except ValueError:
-            continue
-        if same:
-            typed[key] = text.strip()
+        for candidate in text.split(",") if re.fullmatch(r"[^\[\](){}'\"]*", text) else [text]:
+            try:
+                same = float(candidate) == float(params[key])
+            except ValueError:
+                continue
+            if same:
+                typed[key] = candidate.strip()
     return {**params, **typed}
 
 

@@ -151,3 +151,10 @@ def test_the_result_links_the_run_page_in_the_model_training_view(workdir, capsy
     assert run_page_url("http://mlflow.lab:8080/", "3", "abc") == (
         "http://mlflow.lab:8080/#/experiments/3/runs/abc?workflowType=machine_learning")
     assert run_page_url("postgresql://db/mlflow", "3", "abc") is None
+
+
+def test_a_sweep_value_reads_as_typed():
+    # Hydra hands a sweep job its value rewritten (0.0001); the sweep's own override still has the typed text.
+    params = {"optimizer.lr": "0.0001", "loss.q": "0.7"}
+    overrides = ["optimizer.lr=0.0001", "loss.q=0.7", "optimizer.lr=1e-3,1e-4", "loss.q=choice(0.5,0.7)"]
+    assert typed_params(params, overrides) == {"optimizer.lr": "1e-4", "loss.q": "0.7"}
