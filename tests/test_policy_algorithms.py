@@ -419,7 +419,7 @@ def test_the_kl_penalty_keeps_the_policy_near_its_reference():
     reference = Bigram()  # the start: uniform
     _, free = train(GRPO(num_samples=4, beta=0.0), steps=30, reference=reference)
     _, leashed = train(GRPO(num_samples=4, beta=1.0), steps=30, reference=reference)
-    assert "kl" not in free[-1]  # beta 0: the reference is not needed, not called
+    assert free[-1]["kl"] > 0.6  # beta 0: the reference only measures the drift
     assert leashed[-1]["kl"] < 0.3
     assert sum(h["sampled_reward"] for h in leashed[-5:]) < sum(h["sampled_reward"] for h in free[-5:])
 

@@ -11,7 +11,8 @@ code runs inside the training module, a benchmark's hand-written loop and the te
   ``i`` being a completion of prompt ``prompt_index[i]`` of the batch (the caller decodes and scores against that
   prompt's example).
 - ``policy(input_ids, attention_mask) -> logits (rows, P + N, V)``, with gradient; ``reference`` the same for the
-  frozen reference policy (called under ``no_grad``; only when ``algorithm.needs_reference``).
+  frozen reference policy, called under ``no_grad``: required when ``algorithm.needs_reference`` (``beta > 0``);
+  given with ``beta = 0`` it costs one forward pass and only logs the KL.
 - ``update(pg_loss)``: one optimizer step on ``pg_loss`` (the caller adds the task loss with ``algorithm.combine``
   when ``loss_weight > 0``, backpropagates, clips and steps).
 """
@@ -76,7 +77,7 @@ def policy_step(algorithm: PolicyAlgorithm, prompt_ids: Tensor, prompt_mask: Ten
                                    temperature, entropy)
 
     ref_logps = None
-    if reference is not None and algorithm.needs_reference:
+    if reference is not None:  # with beta = 0 only to log the KL
         with torch.no_grad():
             ref_logps, _ = logps_of(reference)
     elif algorithm.needs_reference:
