@@ -11,12 +11,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from rmlab.build import accepted_parameters, instantiate
 from rmlab.errors import ConfigError, IncompatibleError
 from rmlab.feedback import Reinforce
 from rmlab.kinds import LOGITS, SEQUENCE, TaskInfo
-from rmlab.policy import GRPO, RLOO, SequenceReinforce, as_policy, policy_step
+from rmlab.policy import GRPO, RLOO, SequenceReinforce, as_policy, completion_logprobs, policy_step
 from rmlab.rewards import Accuracy, Reward
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "feedback"
@@ -441,3 +442,53 @@ def test_the_step_calls_greedy_generation_once_per_prompt_and_needs_a_reference_
     with pytest.raises(ValueError, match="needs a reference policy"):
         policy_step(RLOO(num_samples=2), prompts, ones, generate=generate, score=share_of_target, policy=model,
                     update=lambda loss: loss.backward())
+
+
+# -- precision and host syncs ----------------------------------------------------------------------------------------
+class _NoHostReads(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:  # .item(), bool(tensor), int(tensor)
+            raise AssertionError("the policy objective read a device value back to the host")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("algorithm", [
+    SequenceReinforce(baseline="moving_average", num_samples=2, beta=0.1),
+    RLOO(num_samples=2, normalize_advantages=True, kl_in="loss", kl_estimator="k3", entropy_coef=0.01),
+    GRPO(num_samples=2, beta=0.1, scale_rewards="batch", loss_type="dr_grpo", entropy_coef=0.01),
+    GRPO(num_samples=2, beta=0.1, kl_in="reward", loss_type="dapo"),
+], ids=["reinforce", "rloo", "grpo-dr", "grpo-dapo"])
+def test_rollout_and_loss_never_sync_with_the_host(algorithm):
+    # On the meta device tensors have no data: any read-back (.item(), a data-dependent branch) fails.
+    algorithm = algorithm.to("meta")
+    meta = {"device": "meta"}
+    mask = torch.ones(4, 3, dtype=torch.bool, **meta)
+    logps = torch.zeros(4, 3, **meta, requires_grad=True)
+    entropy = torch.zeros(4, 3, **meta, requires_grad=True)
+    with _NoHostReads():
+        for _ in range(2):
+            rollout = algorithm.rollout(torch.zeros(4, **meta), mask, logps.detach(), torch.zeros(4, 3, **meta))
+            algorithm.loss(logps, rollout, entropy).loss.backward()
+    assert logps.grad is not None
+
+
+def test_the_objective_is_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    head = nn.Linear(4, 7)
+    x = torch.randn(4, 3, 4)
+    ids = torch.randint(0, 7, (4, 3))
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    algorithm = GRPO(num_samples=2, beta=0.1, num_iterations=2)
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.25])
+
+    def run(logits):
+        logps, entropy = completion_logprobs(torch.cat([logits[:, :1], logits], 1), 1, ids, mask, 1.0, "grad")
+        rollout = algorithm.rollout(rewards, mask, logps.detach() + 0.1, logps.detach() - 0.2)
+        return algorithm.loss(logps, rollout, entropy).loss
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = head(x)
+        assert logits.dtype == torch.bfloat16
+        value = run(logits)
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+    torch.testing.assert_close(value, run(logits.detach().float()))
