@@ -110,6 +110,25 @@ def test_k1_and_k3_are_unbiased_and_k3_is_never_negative():
     assert (pi * kl_per_token(pi.log(), ref.log(), "k2")).sum() != pytest.approx(kl.item())  # k2 is biased
 
 
+def test_expected_gradients_of_the_estimators_in_the_loss():
+    """Exact expectations over the vocabulary (the sampling weights pi detached, as for sampled tokens): k1's gradient
+    averages to 0, k2's to the gradient of KL(pi || ref), k3's to that of KL(ref || pi)."""
+    theta = torch.tensor([0.4, -0.3, 1.1, 0.0], dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+
+    def expected_grad(estimator):
+        logp = torch.log_softmax(theta, -1)
+        value = (logp.exp().detach() * kl_per_token(logp, ref.log(), estimator)).sum()
+        return torch.autograd.grad(value, theta)[0]
+
+    def grad_of(divergence):
+        return torch.autograd.grad(divergence(torch.softmax(theta, -1)), theta)[0]
+
+    torch.testing.assert_close(expected_grad("k1"), torch.zeros(4, dtype=torch.float64))
+    torch.testing.assert_close(expected_grad("k2"), grad_of(lambda p: (p * (p / ref).log()).sum()))
+    torch.testing.assert_close(expected_grad("k3"), grad_of(lambda p: (ref * (ref / p).log()).sum()))
+
+
 # -- advantages ------------------------------------------------------------------------------------------------------
 REWARDS = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])  # two prompts, four samples each
 

@@ -7,10 +7,11 @@ With ``log_r = log pi_ref(y) - log pi(y)`` at a sampled token ``y ~ pi``:
 - ``k2 = log_r^2 / 2``: biased (low bias when the two are close), always >= 0.
 - ``k3 = exp(log_r) - 1 - log_r``: unbiased and always >= 0 (TRL's GRPO uses it in the loss).
 
-Used as a penalty in the loss, an estimator's gradient matters, not only its value: on samples of the current
-policy the gradient of k1 is ``grad log pi``, whose expectation is 0, so k1 in the loss pulls towards the
-reference only through the importance ratio of later inner updates; k3 (or k2) in the loss, or k1 in the reward,
-is the usual choice.
+Used as a penalty in the loss, an estimator's gradient matters, not only its value. On samples of the current policy
+(per token, given the prefix): grad k1 = grad log pi, whose expectation is 0, so k1 in the loss does not pull
+towards the reference; E[grad k2] = grad KL(pi || ref), the reverse KL's gradient; E[grad k3] = grad KL(ref || pi),
+the forward KL's (Tang & Munos 2025). k3 in the loss (TRL's GRPO) or k1 in the reward (TRL's RLOO, where it acts
+through the advantage) are the usual choices.
 """
 
 from __future__ import annotations
