@@ -158,3 +158,16 @@ def test_a_sweep_value_reads_as_typed():
     params = {"optimizer.lr": "0.0001", "loss.q": "0.7"}
     overrides = ["optimizer.lr=0.0001", "loss.q=0.7", "optimizer.lr=1e-3,1e-4", "loss.q=choice(0.5,0.7)"]
     assert typed_params(params, overrides) == {"optimizer.lr": "1e-4", "loss.q": "0.7"}
+
+
+def test_text_example_splits_are_described_as_tables():
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+
+    from rmlab.lineage import _described
+    from rmlab.sequence import TextExample
+
+    split = [TextExample("2+2=", "4", {"answer": 4}), TextExample("1+1=", "2")]
+    described, shapes = _described(split, "arithmetic", CodeDatasetSource({}))
+    assert shapes == {"columns": ["prompt", "completion", "meta"]} and "mlflow_colspec" in described["schema"]
+    other, _ = _described(split[:1], "arithmetic", CodeDatasetSource({}))
+    assert other["digest"] != described["digest"]
