@@ -2,7 +2,7 @@
 temporary folder, ``mlflow server`` on loopback, and the pages a user opens, in headless Chromium.
 
     python docs/screenshots.py               # needs chromium on PATH and playwright (the dev extra)
-    python docs/screenshots.py --keep DIR    # keep the runs in DIR (mlflow ui --backend-store-uri sqlite:///DIR/mlflow.db)
+    python docs/screenshots.py --keep DIR    # make (or reuse) the runs in DIR and keep them
 
 Playwright drives the system's Chromium (``apt-get install chromium``); no browser is downloaded.
 """

@@ -49,7 +49,8 @@ def parse_args(argv: list[str]) -> dict[str, str]:
 
 def output_path(source: Path, given: str | None) -> Path:
     """Where the predictions go: ``given``, else ``<input stem>.predictions<ext>`` beside the input."""
-    path = Path(given).expanduser().absolute() if given else source.with_name(f"{source.stem}.predictions{source.suffix}")
+    default = source.with_name(f"{source.stem}.predictions{source.suffix}")
+    path = Path(given).expanduser().absolute() if given else default
     if path.suffix.lower() not in READERS:
         raise ConfigError(f"output={given}: unknown file extension {path.suffix!r}; valid: {', '.join(READERS)}")
     if path == source:

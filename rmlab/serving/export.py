@@ -2,10 +2,11 @@
 
 What is logged: an MLflow LoggedModel named ``model``, linked to the run (its output at the final step, with the
 run's test metrics and ``val/best_reward``) and holding a pyfunc model: ``rmlab.serving.pyfunc.RmlabModel``, named by
-the code file ``rmlab/serving/model_code.py`` (MLflow's models from code: nothing pickled), with two artifacts, the spec (``rmlab_model.json``: model config, sizes, the kind's preprocessing) and the weights (float32
-state dict), a signature (the raw input columns, and the output columns where they are fixed) and an input example
-(a few raw training rows). Everything goes through ``MlflowClient`` on the run's own store: no global MLflow state
-(tracking URI, active run) is touched, so runs of a sweep in one process do not interfere.
+the code file ``rmlab/serving/model_code.py`` (MLflow's models from code: nothing pickled), with two artifacts, the
+spec (``rmlab_model.json``: model config, sizes, the kind's preprocessing) and the weights (float32 state dict), a
+signature (the raw input columns, and the output columns where they are fixed) and an input example (a few raw
+training rows). Everything goes through ``MlflowClient`` on the run's own store: no global MLflow state (tracking
+URI, active run) is touched, so runs of a sweep in one process do not interfere.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def log_model(tracker: Any, cfg: DictConfig, parts: Any, step: int, metrics: dic
             torch.save(state, weights_file)
             path = Path(tmp) / "model"
             mlflow.pyfunc.save_model(
-                str(path), python_model=str(Path(model_code.__file__)), artifacts={"spec": str(spec_file), "weights": str(weights_file)},
+                str(path), python_model=str(Path(model_code.__file__)),
+                artifacts={"spec": str(spec_file), "weights": str(weights_file)},
                 signature=ModelSignature(inputs=io.input_schema(), outputs=io.output_schema()),
                 input_example=io.example(parts.task), pip_requirements=requirements(),
                 metadata={"rmlab_version": spec["rmlab_version"], "task": spec["task"]},

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -161,7 +161,8 @@ class FeatureIO(ModelIO):
 
         missing = [c for c in self.features if c not in frame.columns]
         if missing:
-            shown = ", ".join(repr(c) for c in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            shown = ", ".join(repr(c) for c in missing[:5]) + more
             expected = ", ".join(self.features[:8]) + (", ..." if len(self.features) > 8 else "")
             raise DataError(f"missing input column(s) {shown}; the model takes {len(self.features)} numeric columns: "
                             f"{expected}")
