@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import PYTHON, cli_env
+from tests.conftest import PYTHON, cli_env, stop_group
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -56,7 +56,8 @@ def served(tmp_path_factory):
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              cwd=cwd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              cwd=cwd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -70,8 +71,7 @@ def served(tmp_path_factory):
                 time.sleep(0.5)
         yield base, client, parent, child
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        stop_group(server)
 
 
 @pytest.fixture(scope="module")

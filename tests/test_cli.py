@@ -6,7 +6,7 @@ import textwrap
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import PYTHON, cli_env
+from tests.conftest import PYTHON, cli_env, stop_group
 
 FAST = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
 
@@ -112,7 +112,7 @@ def test_mlflow_ui_started_in_the_directory_shows_the_run(tmp_path):
     assert done.returncode == 0, done.stderr
     port = free_port()
     server = subprocess.Popen(["mlflow", "ui", "--port", str(port)], cwd=tmp_path, env=cli_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
 
     def get(path):
@@ -142,8 +142,7 @@ def test_mlflow_ui_started_in_the_directory_shows_the_run(tmp_path):
         assert {f["path"] for f in listed["files"]} >= {"config.yaml", "command.txt"}
         assert "trainer.max_epochs=1" in get(f"/get-artifact?path=command.txt&run_uuid={run_id}")
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_group(server)
 
 
 @pytest.mark.slow
