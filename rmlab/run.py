@@ -280,13 +280,14 @@ def _open_run(tracker, cfg: DictConfig, tags: dict[str, str], parent_run_id: str
     from rmlab.lineage import split_datasets
     from rmlab.tracking import flatten, typed_params
 
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    datasets = split_datasets(task, resolved["task"])  # digests take a moment: before the run exists
     tracker.start(run_name(cfg), tags, parent_run_id=parent_run_id)
     try:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
         tracker.log_params(typed_params(flatten(resolved), command_overrides()))
-        tracker.log_inputs(split_datasets(task, resolved["task"]))
+        tracker.log_inputs(datasets)
         tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         tracker.log_text(command_line() + "\n", "command.txt")
     except BaseException as err:
-        tracker.finish("FAILED", error=f"{type(err).__name__}: {err}")
+        tracker.finish(*_ending(err))  # Ctrl-C here is KILLED, as during training
         raise
