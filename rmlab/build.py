@@ -157,7 +157,8 @@ def check_devices_available(trainer: DictConfig) -> None:
         import importlib.util
 
         check(importlib.util.find_spec("torch_xla") is not None,
-              "trainer.accelerator=tpu needs the torch_xla package, which is not installed; use trainer.accelerator=cpu")
+              "trainer.accelerator=tpu needs the torch_xla package, which is not installed; "
+              "use trainer.accelerator=cpu")
         return
     else:
         return  # cpu: any number of processes; auto: Lightning picks what exists

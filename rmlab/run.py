@@ -119,7 +119,7 @@ def device_count(devices: Any) -> int | None:
 
 def validate_for_context(cfg: DictConfig, context: dict[str, Any]) -> None:
     """Refuse what silently misbehaves inside a multirun: DDP re-runs the whole command line in every rank, which then
-    starts its own sweep (with an Optuna sweeper, ranks of one group trained different configs: FACTS.md)."""
+    starts its own sweep (with an Optuna sweeper, ranks of one group trained different configs: docs/design.md)."""
     count = device_count(cfg.trainer.devices)
     if context.get("multirun") and (count is None or count > 1):
         raise ConfigError(

@@ -1,9 +1,9 @@
 """Sweeps as MLflow sees them: one parent run per multirun, each job a child run.
 
 The launching process opens the parent run (``SweepCallback.on_multirun_start``) before any job starts, after creating
-the store and the experiment once (a fresh sqlite store opened by parallel jobs fails: FACTS.md), and writes its id to
-``<sweep dir>/mlflow_parent_run_id``; each job reads that file, so the link works for every launcher whose jobs see
-the sweep directory (in-process, joblib, submitit).
+the store and the experiment once (a fresh sqlite store opened by parallel jobs fails: docs/design.md), and writes its
+id to ``<sweep dir>/mlflow_parent_run_id``; each job reads that file, so the link works for every launcher whose jobs
+see the sweep directory (in-process, joblib, submitit).
 
 When every job has returned (``on_multirun_end``) the callback reads the parent's children back, writes the summary
 (``rmlab.summary``: one row per cell of seeds) into the sweep directory and onto the parent, and closes the parent
@@ -141,7 +141,7 @@ class SweepCallback(Callback):
         self.fixed = [o.get_key_element() for o in OverridesParser.create().parse_overrides(overrides)
                       if not o.is_sweep_override()]
         # Creating the store and the experiment here, before any job starts, is what keeps parallel jobs from racing
-        # to create a fresh sqlite schema (FACTS.md).
+        # to create a fresh sqlite schema (docs/design.md).
         tracker = Tracker(self.uri, self.experiment)
         # Hydra's default sweep dir ends in <date>/<time>: a bare time would not tell two days' sweeps apart.
         name = self.sweep_dir.name

@@ -298,7 +298,8 @@ class PreferenceFile(PairTask):
 
     Rows are split by prompt: all the pairs of one prompt land in the same split (train, val or test), so a model is
     never tested on a prompt it was trained on; split sizes follow ``val_fraction``/``test_fraction`` up to one
-    prompt's rows. Without a prompt column, rows are split at random. Every problem with the file is a ``DataError`` naming it: the path at construction, the contents at load time.
+    prompt's rows. Without a prompt column, rows are split at random. Every problem with the file is a ``DataError``
+    naming it: the path at construction, the contents at load time.
     """
 
     input_type: ClassVar[str] = kinds.TOKENS
