@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from rmlab import losses
 from rmlab.errors import ConfigError
-from rmlab.kinds import LOGITS, PAIR, VALUE, TaskInfo
+from rmlab.kinds import LOGITS, PAIR, SEQUENCE_PAIR, VALUE, TaskInfo
 from rmlab.losses import GCE, MAE, MSE, NCERCE, SCE, CrossEntropy, Focal, Huber, LogCosh, SmoothL1
 
 CONF_LOSS = Path(__file__).resolve().parents[1] / "conf" / "loss"
@@ -304,7 +304,18 @@ def _pair_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(B, 2, generator=g) * 3, torch.full((B, 2), float("nan"))
 
 
-def _yaml_reference(name: str, cfg, out: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+def _sequence_pair_batch():
+    """Summed log-probs of (chosen, rejected) completions and their token counts: the policy's, and the frozen
+    reference's as the target."""
+    from rmlab.losses.preference_lm import PairLogps
+
+    counts_c, counts_r = torch.tensor([3.0, 5.0, 2.0]), torch.tensor([4.0, 5.0, 6.0])
+    policy = PairLogps(torch.tensor([-2.0, -4.0, -1.0]), torch.tensor([-3.0, -6.0, -5.0]), counts_c, counts_r)
+    reference = PairLogps(torch.tensor([-2.5, -4.0, -1.5]), torch.tensor([-2.5, -5.0, -4.0]), counts_c, counts_r)
+    return policy, reference
+
+
+def _yaml_reference(name: str, cfg, out, tgt) -> torch.Tensor:
     """Each loss's formula written from its paper / torch.nn.functional, with the YAML's own parameter values."""
     if name in ("mse", "mae", "huber", "smooth_l1", "log_cosh"):
         d = out - tgt
@@ -326,6 +337,17 @@ def _yaml_reference(name: str, cfg, out: torch.Tensor, tgt: torch.Tensor) -> tor
             return (cfg.alpha * ce + cfg.beta * rce).mean()
         nce = ce / -out.log_softmax(-1).sum(-1)
         return (cfg.alpha * nce + cfg.beta * rce).mean()
+    if name == "dpo":  # Rafailov et al. 2023, sigmoid form: -log sigmoid(beta * (log-ratio chosen - rejected))
+        h = (out.chosen - tgt.chosen) - (out.rejected - tgt.rejected)
+        return -torch.log(torch.sigmoid(cfg.beta * h)).mean()
+    if name == "simpo":  # Meng et al. 2024: length-normalised, margin gamma
+        a_c, a_r = out.chosen / out.chosen_tokens, out.rejected / out.rejected_tokens
+        return -torch.log(torch.sigmoid(cfg.beta * (a_c - a_r) - cfg.gamma)).mean()
+    if name == "orpo":  # Hong et al. 2024: NLL of chosen + beta * -log sigmoid(log odds ratio)
+        a_c, a_r = out.chosen / out.chosen_tokens, out.rejected / out.rejected_tokens
+        odds = lambda a: torch.exp(a) / (1 - torch.exp(a))  # noqa: E731
+        nll = -out.chosen.sum() / out.chosen_tokens.sum()
+        return nll - cfg.beta * torch.log(torch.sigmoid(torch.log(odds(a_c) / odds(a_r)))).mean()
     d = out[:, 0] - out[:, 1]
     if name == "bradley_terry":
         return -F.logsigmoid(d - cfg.margin).mean()
@@ -348,7 +370,8 @@ def test_yaml_instantiates_and_computes_its_formula(path: Path) -> None:
     loss = hydra.utils.instantiate(spec)
     assert isinstance(loss, losses.Loss) and loss.accepts
     kind = loss.accepts[0]
-    out, tgt = {VALUE: _value_batch, LOGITS: _logits_batch, PAIR: _pair_batch}[kind]()
+    batches = {VALUE: _value_batch, LOGITS: _logits_batch, PAIR: _pair_batch, SEQUENCE_PAIR: _sequence_pair_batch}
+    out, tgt = batches[kind]()
     value = loss(out, tgt)
     assert value.ndim == 0 and torch.isfinite(value)
     torch.testing.assert_close(value, _yaml_reference(path.stem, cfg, out, tgt))
