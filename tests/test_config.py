@@ -91,7 +91,7 @@ def test_wheel_carries_the_configs(tmp_path):
     wheel = next(tmp_path.glob("rmlab-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "rmlab/conf/config.yaml" in names
-    for package in ("rmlab", "rmlab/tasks", "rmlab/losses", "rmlab/rewards"):
+    for package in ("rmlab", "rmlab/tasks", "rmlab/tasks/sequence", "rmlab/losses", "rmlab/rewards"):
         assert f"{package}/__init__.py" in names
     assert "hydra_plugins/rmlab_optuna_sweeper/__init__.py" in names
     assert "rmlab/conf/loss/huber.yaml" in names and "rmlab/conf/hydra/job_logging/rmlab.yaml" in names

@@ -47,11 +47,11 @@ class Dialogue(GeneratedTask):
     default_name = "dialogue"
 
     def __init__(self, *, n_intents: int = len(INTENTS), n_phrasings: int = MAX_PHRASINGS, history_turns: int = 1,
-                 **common: Any) -> None:
+                 n_examples: int = 1000, **common: Any) -> None:
         self.n_intents = check_int_in("n_intents", n_intents, 1, len(INTENTS))
         self.n_phrasings = check_int_in("n_phrasings", n_phrasings, 1, MAX_PHRASINGS)
         self.history_turns = check_int_in("history_turns", history_turns, 0, MAX_HISTORY)
-        super().__init__(**common)
+        super().__init__(n_examples=n_examples, **common)
 
     def _turn(self, rng: np.random.Generator) -> tuple[str, str]:
         """(user utterance, reply) of a random intent."""

@@ -52,9 +52,9 @@ class ReasoningGym(SequenceTask):
         self._generator = self._create()
 
     def _create(self) -> Any:
+        rg = _import()
         from reasoning_gym.factory import DATASETS
 
-        rg = _import()
         if self.dataset not in DATASETS:
             raise ConfigError(f"task.dataset must be a reasoning-gym dataset, got {self.dataset!r}; valid: "
                               f"{', '.join(sorted(DATASETS))}")
