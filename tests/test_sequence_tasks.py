@@ -30,8 +30,8 @@ from rmlab.tasks.sequence import (
     TextClassification,
     TextClassificationFile,
     Translation,
+    words,
 )
-from rmlab.tasks.sequence import words
 from rmlab.tasks.sequence.dialogue import INTENTS
 from rmlab.tasks.sequence.sentiment import TEMPLATES
 
@@ -53,7 +53,8 @@ def write_completions(path: Path, n: int = 120) -> Path:
 
 def write_labelled(path: Path, n: int = 120) -> Path:
     labels = ["ham", "spam", "eggs"]
-    frame = pd.DataFrame({"text": [f"message {i % (n // 2)}" for i in range(n)], "label": [labels[i % 3] for i in range(n)]})
+    frame = pd.DataFrame({"text": [f"message {i % (n // 2)}" for i in range(n)],
+                          "label": [labels[i % 3] for i in range(n)]})
     frame.to_csv(path, index=False)
     return path
 
@@ -104,7 +105,7 @@ def test_config_builds_a_deterministic_task(name, tmp_path):
     assert flat(build(name, tmp_path, seed=3).load()) == flat(splits)
     other = flat(build(name, tmp_path, seed=4).load())
     assert other != flat(splits)  # another split seed moves examples between splits...
-    every = lambda s: Counter(e for v in s.values() for e in v)  # noqa: E731
+    every = lambda s: Counter(e for v in s.values() for e in v)
     assert every(other) == every(flat(splits))  # ...of the same dataset
 
 
@@ -139,7 +140,7 @@ def test_yaml_keys_are_parameters_with_matching_defaults(name):
             continue
         assert key in params, f"{name}.yaml: {key} is not a parameter of {cls.__name__}"
         if key != "split_seed" and defaults[key] is not inspect.Parameter.empty:
-            assert cfg[key] == defaults[key], f"{name}.yaml: {key}={cfg[key]!r} but the code default is {defaults[key]!r}"
+            assert cfg[key] == defaults[key], f"{name}.yaml: {key}={cfg[key]!r}, code default {defaults[key]!r}"
     # Every parameter is in the YAML (documented there), except the noise a labelled task refuses.
     missing = set(params) - set(cfg) - {"name"} - ({"completion_noise"} if name in LABELLED else set())
     assert not missing, f"{name}.yaml lacks {missing}"
@@ -155,7 +156,7 @@ def test_default_sizes_fit_a_small_byte_level_lm(name, tmp_path):
 
 def test_data_seed_changes_the_data_and_split_seed_does_not():
     a, b = Reverse(n_examples=100, data_seed=0), Reverse(n_examples=100, data_seed=1)
-    prompts = lambda t: {e.prompt for v in t.load().values() for e in v}  # noqa: E731
+    prompts = lambda t: {e.prompt for v in t.load().values() for e in v}
     assert prompts(a) != prompts(b)
     assert prompts(Reverse(n_examples=100, data_seed=0, split_seed=5)) == prompts(a)
 
@@ -305,7 +306,7 @@ def test_translation_reads_back_to_the_english():
         toy = e.completion.split()
         s, o = toy.index(words.TOY_SUBJECT), toy.index(words.TOY_OBJECT)
         subject, obj, rest = toy[:s], toy[s + 1:o], toy[o + 1:]
-        phrase = lambda np_: ["the", *[inverse[a] for a in np_[1:]], inverse[np_[0]]]  # noqa: E731
+        phrase = lambda np_: ["the", *[inverse[a] for a in np_[1:]], inverse[np_[0]]]
         adverb = [inverse[rest[0]]] if len(rest) == 2 else []
         english = " ".join(phrase(subject) + adverb + [inverse[rest[-1]]] + phrase(obj))
         assert e.prompt == f"english: {english}\ntoy: "
@@ -356,15 +357,15 @@ def test_reasoning_gym_uses_the_dataset_and_its_checker(tmp_path):
     assert task.verify(e.completion, e) == 1.0 and task.verify("not a number", e) == 0.0
 
 
-# --- bad knobs ----------------------------------------------------------------------------------------------------------
+# --- bad knobs -----------------------------------------------------------------------------------------------------
 
 
 INVALID = [
     ("reverse", {"min_length": 0}, r"task.min_length must be an integer in \[1, 512\], got 0"),
     ("reverse", {"max_length": 2, "min_length": 3}, r"task.min_length must be <= task.max_length, got 3 > 2"),
     ("copy", {"max_length": 1.5}, r"task.max_length must be an integer in \[1, 512\], got 1.5"),
-    ("sort", {"alphabet": "a"}, r"task.alphabet must be a string of >= 2 distinct printable non-space characters, "
-                                r"without '=', got 'a'"),
+    ("sort", {"alphabet": "a"}, (r"task.alphabet must be a string of >= 2 distinct printable non-space characters, "
+                                r"without '=', got 'a'")),
     ("sort", {"alphabet": "aba"}, r"task.alphabet must be a string .*, got 'aba'"),
     ("sort", {"alphabet": "ab="}, r"task.alphabet must be a string .*, got 'ab='"),
     ("sort", {"alphabet": "a b"}, r"task.alphabet must be a string .*, got 'a b'"),
@@ -376,7 +377,8 @@ INVALID = [
     ("text_classification", {"negation": 1.5}, r"task.negation must be in \[0, 1\], got 1.5"),
     ("text_classification", {"neutral": "yes"}, r"task.neutral must be true or false, got 'yes'"),
     ("text_classification", {"label_noise": 1.0}, r"task.label_noise must be in \[0, 1\), got 1.0"),
-    ("text_classification", {"noise_type": "pair"}, r"task.noise_type must be one of symmetric, asymmetric, got 'pair'"),
+    ("text_classification", {"noise_type": "pair"},
+     r"task.noise_type must be one of symmetric, asymmetric, got 'pair'"),
     ("qa", {"n_facts": 11}, r"task.n_facts must be an integer in \[1, 10\], got 11"),
     ("qa", {"n_relations": 0}, r"task.n_relations must be an integer in \[1, 5\], got 0"),
     ("translation", {"max_adjectives": 3}, r"task.max_adjectives must be an integer in \[0, 2\], got 3"),
@@ -388,11 +390,11 @@ INVALID = [
     ("dialogue", {"history_turns": 5}, r"task.history_turns must be an integer in \[0, 4\], got 5"),
     ("copy", {"completion_noise": 1.0}, r"task.completion_noise must be in \[0, 1\), got 1.0"),
     ("copy", {"val_fraction": 0.5, "test_fraction": 0.5}, r"task.val_fraction \+ task.test_fraction must be < 1"),
-    ("completion_file", {"prompt_column": "completion"}, r"task.prompt_column and task.completion_column must "
-                                                         r"differ, both are 'completion'"),
+    ("completion_file", {"prompt_column": "completion"}, (r"task.prompt_column and task.completion_column must "
+                                                         r"differ, both are 'completion'")),
     ("completion_file", {"completion_column": ""}, r"task.completion_column must be a column name, got ''"),
-    ("text_classification_file", {"prompt_template": "classify: "}, r"task.prompt_template must be a string holding "
-                                                                    r"\{text\} exactly once, got 'classify: '"),
+    ("text_classification_file", {"prompt_template": "classify: "}, (r"task.prompt_template must be a string holding "
+                                                                    r"\{text\} exactly once, got 'classify: '")),
     ("text_classification_file", {"label_column": "text"}, r"task.text_column and task.label_column must differ"),
 ]
 
@@ -427,11 +429,11 @@ def test_a_space_too_small_for_n_examples_is_an_error():
 @pytest.mark.skipif(not HAS_REASONING_GYM, reason="reasoning-gym is not installed")
 @pytest.mark.parametrize("overrides,message", [
     ({"dataset": "nope"}, r"task.dataset must be a reasoning-gym dataset, got 'nope'; valid: .*basic_arithmetic"),
-    ({"config": {"foo": 1}}, r"task.config has no setting foo for reasoning-gym dataset 'spell_backward'; its "
-                             r"settings are: min_word_len"),
+    ({"config": {"foo": 1}}, (r"task.config has no setting foo for reasoning-gym dataset 'spell_backward'; its "
+                             r"settings are: min_word_len")),
     ({"config": {"seed": 1, "size": 5}}, r"task.config must not set seed, size: use task.data_seed, task.n_examples"),
-    ({"dataset": "basic_arithmetic", "config": {"min_terms": 0}}, r"task.config is not valid for reasoning-gym "
-                                                                  r"dataset 'basic_arithmetic': min_terms must be"),
+    ({"dataset": "basic_arithmetic", "config": {"min_terms": 0}}, (r"task.config is not valid for reasoning-gym "
+                                                                  r"dataset 'basic_arithmetic': min_terms must be")),
     ({"config": [1]}, r"task.config must be a mapping of reasoning-gym settings or null, got \[1\]"),
 ])
 def test_reasoning_gym_errors(overrides, message, tmp_path):
@@ -488,7 +490,8 @@ def test_file_path_errors(tmp_path):
 BAD_FILES = [
     ("completion_file", '{"prompt": "a", "completion": "b"}\n{"prompt": "c"', r"line 2 is not valid JSON"),
     ("completion_file", '[{"prompt": "a", "completion": "b"}]\n', r"line 1 .* \(a JSON array is not supported"),
-    ("completion_file", '{"prompt": "a", "completion": "b"}\n"text"\n', r"line 2 must be a JSON object \{...\}, got str"),
+    ("completion_file", '{"prompt": "a", "completion": "b"}\n"text"\n',
+     r"line 2 must be a JSON object \{...\}, got str"),
     ("completion_file", '{"prompt": "a", "answer": "b"}\n',
      r"completion column 'completion' not found; available columns: prompt, answer"),
     ("completion_file", '{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": "  "}\n',

@@ -7,9 +7,9 @@ compute them, on a scale of [0, 1]:
 Written here rather than taken from torchmetrics.text, whose sentence scores are poor rewards on short texts: its
 BLEU returns 0 whenever one n-gram order has no match, smoothing or not (``"dog"`` against ``"dog"`` scores 0.0,
 ``"hello world"`` against ``"hello there world"`` 0.0), and its chrF averages over n-gram orders longer than the text
-(``"dog"`` against ``"dog"`` scores 0.5). SacreBLEU scores both 1.0 and 0.51 through its *effective order*: only the
-orders a sentence has count. This module follows sacreBLEU 2.x exactly (the tests compare them) and needs nothing
-beyond the standard library.
+(``"dog"`` against ``"dog"`` scores 0.5). SacreBLEU scores these 1.0, 0.43 and 1.0: only the n-gram orders a sentence
+has count (its *effective order*), and an order without a match is smoothed. This module follows sacreBLEU 2.x
+exactly (the tests compare them) and needs nothing beyond the standard library.
 """
 
 from __future__ import annotations

@@ -83,7 +83,8 @@ class TextReward(Reward):
         return torch.tensor([self._score(c, e.completion) for c, e in zip(completions, examples)],
                             dtype=torch.float32)
 
-    def per_sample(self, completions: Sequence[str], examples: Sequence[TextExample]) -> torch.Tensor:  # type: ignore[override]
+    # A text reward's per-sample form takes texts, not (output, target) tensors.
+    def per_sample(self, completions: Sequence[str], examples: Sequence[TextExample]) -> torch.Tensor:  # type: ignore
         return self.score(completions, examples)
 
     def metric(self, info: TaskInfo) -> MeanMetric:
@@ -164,7 +165,7 @@ class RougeL(TextReward):
         self.use_stemmer = check_bool(self.name, "use_stemmer", use_stemmer)
         if use_stemmer:
             try:
-                import nltk  # noqa: F401
+                import nltk
             except ImportError:
                 raise ConfigError(f"reward {self.name!r}: use_stemmer needs nltk: pip install nltk") from None
 

@@ -26,7 +26,8 @@ def _import() -> Any:
     try:
         import reasoning_gym
     except ImportError:
-        raise ConfigError("task=reasoning_gym needs the reasoning-gym package: pip install 'rmlab[reasoning]'") from None
+        message = "task=reasoning_gym needs the reasoning-gym package: pip install 'rmlab[reasoning]'"
+        raise ConfigError(message) from None
     return reasoning_gym
 
 
