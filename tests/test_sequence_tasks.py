@@ -357,6 +357,16 @@ def test_reasoning_gym_uses_the_dataset_and_its_checker(tmp_path):
     assert task.verify(e.completion, e) == 1.0 and task.verify("not a number", e) == 0.0
 
 
+@pytest.mark.skipif(not HAS_REASONING_GYM, reason="reasoning-gym is not installed")
+@pytest.mark.parametrize("checker,expected", [(lambda a, e: 1 / 0, 0.0), (lambda a, e: 2.0, 1.0),
+                                              (lambda a, e: float("nan"), 0.0), (lambda a, e: 0.25, 0.25)])
+def test_reasoning_gym_checker_output_is_kept_in_range(checker, expected, tmp_path, monkeypatch):
+    task = build("reasoning_gym", tmp_path, n_examples=10)
+    monkeypatch.setattr(task._generator, "score_answer", checker)
+    e = task.load()["test"][0]
+    assert task.verify("anything the model wrote", e) == expected
+
+
 # --- bad knobs -----------------------------------------------------------------------------------------------------
 
 

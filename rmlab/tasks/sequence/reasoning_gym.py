@@ -74,5 +74,8 @@ class ReasoningGym(SequenceTask):
                             meta={"answer": str(entry["answer"]), "entry": entry}) for entry in self._generator]
 
     def verify(self, completion: str, example: TextExample) -> float:
-        score = self._generator.score_answer(completion.strip(), example.meta["entry"])
-        return min(max(float(score), 0.0), 1.0)
+        try:
+            score = float(self._generator.score_answer(completion.strip(), example.meta["entry"]))
+        except Exception:  # a checker that chokes on malformed model output: the answer is wrong, the run goes on
+            return 0.0
+        return min(max(score, 0.0), 1.0) if score == score else 0.0  # NaN scores nothing
