@@ -24,7 +24,8 @@ SPLITS = ("train", "val", "test")
 
 class SequenceTask:
     """Base of the sequence tasks. Subclasses set ``default_name`` and implement ``_examples``; they may set
-    ``labels`` (text classification) and override ``verify`` (tasks with a checkable answer)."""
+    ``labels`` (text classification), override ``verify`` (tasks with a checkable answer) and ``_corrupt`` (another
+    kind of noise than completion noise)."""
 
     kind: ClassVar[str] = kinds.SEQUENCE
     default_name: ClassVar[str] = "sequence"
