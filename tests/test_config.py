@@ -4,12 +4,9 @@ import subprocess
 import zipfile
 
 import pytest
-from hydra.utils import get_class
-from omegaconf import OmegaConf
 
 from rmlab.build import build_components, group_options
-from rmlab.errors import ConfigError
-from rmlab.kinds import SEQUENCE
+from rmlab.errors import ConfigError, IncompatibleError
 from rmlab.paths import CONFIG_DIR
 from tests.conftest import PYTHON, REPO, cli_env, compose_config
 
@@ -23,17 +20,19 @@ PAIR_OPTIONS = {
     "reward": {"preference_accuracy", "reward_margin", "true_reward_spearman", "preference_neg_ece"},
 }
 NEED_A_PATH = {"csv", "preference_file"}
+# Language-model options that no packaged task trains until the sequence path lands: they compose and build, and
+# refuse today's tasks naming the choices that work (list a sequence task for them once one ships).
+NO_TASK_YET = {"loss": {"dpo", "simpo", "orpo"}, "feedback": {"grpo", "rloo"},
+               "reward": {"exact_match", "token_f1", "bleu", "chrf", "rouge_l", "neg_edit_distance", "verifier",
+                          "label_accuracy"}}
+# Sequence tasks load (the file tasks given a file, reasoning_gym a dataset), then refuse today's models and losses
+# by name until the language models land; their configs are tested in test_sequence_tasks.py.
+SEQUENCE_TASKS = {"copy", "reverse", "sort", "addition", "reasoning_gym", "text_classification", "qa", "translation",
+                  "summarisation", "dialogue", "completion_file", "text_classification_file"}
 
 
 def options(group):
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
-
-
-def sequence_option(group, option):
-    """A sequence task or text reward: nothing builds them into a run until the language models land; their configs
-    are tested in test_sequence_tasks.py and test_text_rewards.py."""
-    target = str(OmegaConf.load(CONFIG_DIR / group / f"{option}.yaml").get("_target_", ""))
-    return target.startswith("rmlab.tasks.sequence.") or (group == "reward" and SEQUENCE in get_class(target).accepts)
 
 
 def test_root_defaults():
@@ -43,7 +42,7 @@ def test_root_defaults():
     assert cfg.feedback.name == "none" and cfg.seed == 0 and cfg.experiment == "rmlab"
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g) if not sequence_option(g, o)])
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_builds(group, option, tmp_path):
     overrides = [f"{group}={option}"]
     if group == "task" and option == "csv":
@@ -61,9 +60,34 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
         path.write_text("".join(f'{{"prompt": "q{i}", "chosen": "y{i}", "rejected": "n{i}"}}\n' for i in range(40)))
         extra = ["task=preference_file", "model=text_transformer", *PAIR[1:]]
         overrides += [o for o in extra if o not in overrides] + [f"task.path={path}"]
+    if group == "task" and option in SEQUENCE_TASKS:
+        overrides += sequence_task_overrides(option, tmp_path)
     cfg = compose_config(*overrides)
+    if group == "task" and option in SEQUENCE_TASKS:
+        with pytest.raises(IncompatibleError, match=f"does not work on task={cfg.task.name}: "):
+            build_components(cfg)
+        return
+    if option in NO_TASK_YET.get(group, ()):
+        with pytest.raises(IncompatibleError, match=f"{group}={option} .*task=digits.* Choices of {group} that work"):
+            build_components(cfg)
+        return
     parts = build_components(cfg)
     assert parts.info.output_kind in parts.loss.accepts
+
+
+def sequence_task_overrides(option, tmp_path):
+    if option == "reasoning_gym":
+        pytest.importorskip("reasoning_gym")
+        return ["task.dataset=spell_backward", "task.n_examples=30"]
+    if option == "completion_file":
+        path = tmp_path / "sft.jsonl"
+        path.write_text("".join(f'{{"prompt": "q{i}", "completion": "a{i}"}}\n' for i in range(40)))
+        return [f"task.path={path}"]
+    if option == "text_classification_file":
+        path = tmp_path / "labels.csv"
+        path.write_text("text,label\n" + "".join(f"t{i},{i % 2}\n" for i in range(40)))
+        return [f"task.path={path}"]
+    return ["task.n_examples=100"]
 
 
 def test_group_options_lists_packaged_configs():
