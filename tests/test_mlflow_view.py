@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from rmlab.errors import ConfigError
-from rmlab.run import train
+from rmlab.run import SELECTION_KEYS, train
 from rmlab.tracking import run_page_url, typed_params
 from tests.conftest import FAST, compose_config
 
@@ -136,7 +136,8 @@ def test_the_run_holds_its_tested_model_linked_with_the_test_metrics(workdir):
     model = client.get_logged_model(output.model_id)
     assert model.name == "model" and model.source_run_id == run.info.run_id and model.status == "READY"
     assert {m.key: m.value for m in model.metrics} == pytest.approx(
-        {k: v for k, v in results.items() if k.startswith("test/") or k == "val/best_reward"})
+        {k: v for k, v in results.items() if k.startswith("test/") or k in SELECTION_KEYS})
+    assert {"test/reward", "val/selected_reward"} <= {m.key for m in model.metrics}
     # Linking the metrics to the model left the run's own history with one test point.
     assert len(client.get_metric_history(run.info.run_id, "test/reward")) == 1
     [version] = client.search_model_versions("name = 'wine-mlp'")
