@@ -18,7 +18,10 @@ anything is written.
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +157,28 @@ def prepare(model: Any, frame: Any) -> Any:
     return frame
 
 
+@contextmanager
+def _store(uri: str) -> Iterator[None]:
+    """MLflow's global tracking and registry URIs set to ``uri`` for the block, then restored (``main`` may be called
+    inside another program)."""
+    import mlflow
+
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(tracking)
+        mlflow.set_registry_uri(registry)
+        for key, value in env.items():  # setting a URI also exports it to the environment
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def predict(args: dict[str, str]) -> tuple[Path, int, str]:
     """Run the command; returns (output file, rows, model URI)."""
     import pandas as pd
@@ -165,10 +190,8 @@ def predict(args: dict[str, str]) -> tuple[Path, int, str]:
     out = output_path(source, args.get("output"))
     uri = f"runs:/{args['run_id']}/model" if "run_id" in args else args["model"]
     store = resolve_tracking_uri(args.get("tracking_uri"))
-    import mlflow
-
-    mlflow.set_tracking_uri(store)  # runs:/ and models:/ URIs resolve against it; this process does nothing else
-    model = load(uri, store)
+    with _store(store):  # runs:/ and models:/ URIs resolve against MLflow's global store
+        model = load(uri, store)
     try:
         frame = prepare(model, frame)
     except DataError as err:
@@ -181,8 +204,6 @@ def predict(args: dict[str, str]) -> tuple[Path, int, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)

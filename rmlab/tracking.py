@@ -126,8 +126,9 @@ def slug(text: str) -> str:
 @lru_cache(maxsize=8)
 def client_for(uri: str) -> MlflowClient:
     """One client per store and process: opening a sqlite store (engine, schema check) costs about 0.1 s, paid once
-    per sweep instead of once per job."""
-    return MlflowClient(tracking_uri=uri)
+    per sweep instead of once per job. The store is also the model registry (``logger.register_as``): left to MLflow,
+    the registry would follow the process's global tracking URI, which code around rmlab may have set elsewhere."""
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def get_or_create_experiment(client: MlflowClient, uri: str, name: str) -> str:

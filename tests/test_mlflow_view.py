@@ -130,8 +130,13 @@ def test_registering_needs_a_logged_model(workdir):
 
 
 def test_the_run_holds_its_tested_model_linked_with_the_test_metrics(workdir):
-    results = train(compose_config(*FAST, "task=wine", "trainer.max_epochs=2", "logger.register_as=wine-mlp"))
-    client, run = stored_run(workdir, results["run_id"])
+    # A store that is not MLflow's default (./mlflow.db): registering must not depend on MLflow's global store.
+    store = f"sqlite:///{workdir / 'elsewhere.db'}"
+    results = train(compose_config(*FAST, "task=wine", "trainer.max_epochs=2", "logger.register_as=wine-mlp",
+                                   f"logger.tracking_uri={store}"))
+    assert not (workdir / "mlflow.db").exists()
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    run = client.get_run(results["run_id"])
     [output] = run.outputs.model_outputs
     model = client.get_logged_model(output.model_id)
     assert model.name == "model" and model.source_run_id == run.info.run_id and model.status == "READY"
@@ -141,7 +146,7 @@ def test_the_run_holds_its_tested_model_linked_with_the_test_metrics(workdir):
     # Linking the metrics to the model left the run's own history with one test point.
     assert len(client.get_metric_history(run.info.run_id, "test/reward")) == 1
     [version] = client.search_model_versions("name = 'wine-mlp'")
-    assert version.run_id == run.info.run_id and version.source == f"models:/{model.model_id}"
+    assert version.run_id == run.info.run_id and version.source == model.artifact_location
 
 
 def test_the_result_links_the_run_page_in_the_model_training_view(workdir, capsys):

@@ -123,7 +123,7 @@ def log_model(tracker: Any, cfg: DictConfig, parts: Any, step: int, metrics: dic
         client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
         raise
     if register_as:
-        register(client, register_as, model.model_id, run_id)
+        register(client, register_as, model, run_id)
     return model.model_id
 
 
@@ -140,8 +140,12 @@ def _link_metrics(client: Any, run_id: str, model_id: str, step: int, metrics: d
         client.log_batch(run_id, metrics=points, synchronous=True)
 
 
-def register(client: Any, name: str, model_id: str, run_id: str) -> Any:
-    """A new version of registered model ``name`` (created if needed) pointing at the logged model."""
+def register(client: Any, name: str, model: Any, run_id: str) -> Any:
+    """A new version of registered model ``name`` (created if needed) pointing at the logged model's files.
+
+    The source is the model's artifact location, not ``models:/<model id>``: MLflow's database registry resolves
+    the latter through the process's global tracking URI (not the client's store), so it fails, or finds another
+    store's model, whenever rmlab's store is not the global default."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -149,4 +153,4 @@ def register(client: Any, name: str, model_id: str, run_id: str) -> Any:
     except MlflowException as err:
         if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
-    return client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id)
+    return client.create_model_version(name, source=model.artifact_location, run_id=run_id, model_id=model.model_id)
