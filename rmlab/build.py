@@ -8,6 +8,7 @@ no MLflow.
 """
 
 import inspect
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -177,6 +178,9 @@ def validate_logger(logger: DictConfig) -> None:
     if logger.name == "mlflow":
         check(isinstance(logger.flush_every_s, (int, float)) and logger.flush_every_s > 0,
               f"logger.flush_every_s must be > 0, got {logger.flush_every_s}")
+        retry = logger.retry_s
+        check(isinstance(retry, (int, float)) and not isinstance(retry, bool) and math.isfinite(retry) and retry >= 0,
+              f"logger.retry_s must be a number of seconds >= 0, got {retry}")
 
 
 def build_components(cfg: DictConfig) -> Components:

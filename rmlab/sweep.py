@@ -159,7 +159,9 @@ class SweepCallback(Callback):
             raise
         atexit.register(self._stopped_early)
         self._watch_signals()
-        log.info(f"Sweep parent run {self.run_id} in {self.uri} (experiment {self.experiment!r})")
+        from rmlab.credentials import redact
+
+        log.info(f"Sweep parent run {self.run_id} in {redact(self.uri)} (experiment {self.experiment!r})")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.run_id is None:
