@@ -8,6 +8,7 @@ logs and in the files it uploads. The process itself keeps the real URI to conne
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import tempfile
@@ -15,7 +16,8 @@ from pathlib import Path
 
 MASK = "***"
 # scheme://user:password@ or scheme://token@ (the user info of a URI: everything before the host's @)
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^\s/]+)@")
+# (Hydra prints an override's colons escaped: http\://user\:password@host)
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*\\?://)([^\s/]+)@")
 # ?password=...  &token=...  (query parameters that hold a secret)
 _QUERY = re.compile(r"([?&](?:password|passwd|pwd|token|access_token|secret|api_key|apikey)=)[^&\s#]*", re.I)
 # Text artifacts worth scanning before upload (a checkpoint is not).
@@ -54,3 +56,18 @@ def redacted_file(path: Path) -> tuple[Path, bool]:
 
 def remove_copy(path: Path) -> None:
     shutil.rmtree(path.parent, ignore_errors=True)
+
+
+class RedactFilter(logging.Filter):
+    """A logging filter that masks credentials in every record (message and traceback) a handler writes. rmlab's
+    logging configs (conf/hydra/job_logging/rmlab.yaml, conf/hydra/hydra_logging/rmlab.yaml) put it on the console
+    and the log file, so Hydra's own lines (a launcher lists each job's overrides) are masked too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return True
