@@ -105,6 +105,9 @@ class SweepCallback(Callback):
         self.__init__()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from rmlab import compose_once
+
+        compose_once.install(config)  # each job's config composed once, not twice (checked, then launched)
         if config.logger.name != "mlflow" or config.trainer.get("fast_dev_run"):
             return  # jobs are untracked (see rmlab.run.train): a parent would stay empty
         from rmlab.provenance import git_commit
