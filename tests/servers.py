@@ -126,6 +126,8 @@ class MlflowServer:
         self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.root / f"mlflow-server-{self.port}.log", "ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        # MLflow's job runner (seven huey worker processes, for its GenAI features) is not needed to track runs.
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         # Its own session: stop() ends the server and the workers it forked, and nothing else.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend_uri,
