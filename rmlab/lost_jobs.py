@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 def record_lost_job(cfg: DictConfig, sweep_dir: str, job_num: int, overrides: list[str], reason: str) -> str | None:
     """Close job ``job_num``'s child run FAILED with ``reason`` in its ``error`` tag, creating the child if the job
     died before opening it. Returns the run id; None when the sweep is not tracked (no parent run)."""
+    from rmlab.credentials import redact
     from rmlab.provenance import run_name, run_tags
     from rmlab.sweep import parent_run_id
     from rmlab.tracking import MAX_TAG, client_for, get_or_create_experiment, resolve_tracking_uri
@@ -37,7 +38,7 @@ def record_lost_job(cfg: DictConfig, sweep_dir: str, job_num: int, overrides: li
         tags = {**run_tags(cfg, context), "mlflow.parentRunId": parent}
         tags["command"] = "python -m rmlab " + " ".join(overrides)
         run_id = client.create_run(experiment_id, run_name=run_name(cfg),
-                                   tags={k: str(v)[:MAX_TAG] for k, v in tags.items()}).info.run_id
+                                   tags={k: redact(str(v))[:MAX_TAG] for k, v in tags.items()}).info.run_id
     client.set_tag(run_id, "error", reason[:MAX_TAG])
     client.set_terminated(run_id, "FAILED")
     return run_id
