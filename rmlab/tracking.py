@@ -179,7 +179,16 @@ class Tracker:
         """Queue the buffered metrics as one batch for the sending thread (the final one carries the points count)."""
         if self._buffer or final:
             batch, self._buffer = self._buffer, []
-            self._pending.append(self._sender.submit(self._deliver, batch, final))
+            try:
+                operation = self._sender.submit(self._deliver, batch, final)
+            except RuntimeError:  # an exit hook closing a run: the interpreter takes no new futures; send from here
+                operation = Future()
+                try:
+                    self._deliver(batch, final)
+                    operation.set_result(None)
+                except Exception as err:
+                    operation.set_exception(err)
+            self._pending.append(operation)
         self._last_send = time.monotonic()
 
     def _deliver(self, batch: list[Metric], final: bool) -> None:
