@@ -10,6 +10,7 @@ Playwright drives the system's Chromium (``apt-get install chromium``); no brows
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import subprocess
@@ -40,6 +41,7 @@ def serve(store: str) -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--host",
                                "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300

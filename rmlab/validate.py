@@ -50,7 +50,7 @@ OPTIMIZER_KEYS: dict[str, dict[str, Any]] = {
 }
 LOGGER_KEYS: dict[str, dict[str, Any]] = {
     "mlflow": {"name": None, "tracking_uri": None, "log_checkpoint": None, "log_model": None, "register_as": None,
-               "flush_every_s": None},
+               "flush_every_s": None, "retry_s": None},
     "none": {"name": None},
 }
 
@@ -221,6 +221,7 @@ def validate_logger(logger: Mapping[str, Any]) -> None:
               f"logger.tracking_uri must be null (the default store) or a URI, got {uri!r}")
         check_bool("logger.log_checkpoint", logger["log_checkpoint"])
         check_real("logger.flush_every_s", logger["flush_every_s"], 0, low_open=True)
+        check_real("logger.retry_s", logger["retry_s"], 0)
         validate_model_logging(logger)
 
 
