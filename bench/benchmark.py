@@ -4,7 +4,7 @@ Prints one JSON object per line:
 - one per case (``overhead_bound``: the default run, a small MLP on digits; ``few_seconds``: the same for 200 epochs;
   ``compute_bound``: a wide MLP on a larger synthetic task), medians over ``--pairs`` alternating pairs, each with two
   ratios (rmlab samples/s over the raw loop's):
-  - ``fit_ratio``: rmlab's ``perf/fit_s`` (its whole fit: training, per-epoch validation, logging) against the raw
+  - ``fit_ratio``: rmlab's ``perf_fit_s`` (its whole fit: training, per-epoch validation, logging) against the raw
     loop's training plus the same per-epoch validation;
   - ``run_ratio``: rmlab from the creation of its MLflow run to the end of ``Tracker.finish`` (params, config and
     command uploaded, fit, test, best checkpoint written, the final flush of every metric, the run closed) against
@@ -120,8 +120,8 @@ def rmlab_run(cfg) -> tuple[float, float]:
         results = train(cfg)
     finally:
         Tracker.start, Tracker.finish = start, finish
-    samples = results["perf/train_samples_per_s"] * results["perf/fit_s"]
-    return results["perf/train_samples_per_s"], samples / (marks["closed"] - marks["created"])
+    samples = results["perf_train_samples_per_s"] * results["perf_fit_s"]
+    return results["perf_train_samples_per_s"], samples / (marks["closed"] - marks["created"])
 
 
 def bench_cases(pairs: int, only_case: str | None) -> None:
@@ -171,8 +171,9 @@ def last_runs(cwd, n):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{cwd}/mlflow.db")
-    experiment = client.get_experiment_by_name("rmlab")
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=n + 1)
+    # Every experiment: the default one is named after the task.
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, order_by=["attributes.start_time DESC"], max_results=n + 1)
     return [r for r in runs if r.data.tags.get("rmlab.role") != "parent"][:n]
 
 
@@ -180,7 +181,7 @@ def bench_startup() -> None:
     cwd = tempfile.mkdtemp(prefix="rmlab-bench-")
     run_cli(["trainer.max_epochs=1", "trainer.enable_progress_bar=false"], cwd)  # creates the store
     started, wall = run_cli(["trainer.enable_progress_bar=false"], cwd)
-    first_step = last_runs(cwd, 1)[0].data.metrics["perf/first_step_unix"] - started
+    first_step = float(last_runs(cwd, 1)[0].data.tags["rmlab.first_step_unix"]) - started
     help_started = time.time()
     subprocess.run([sys.executable, "-m", "rmlab", "--help"], capture_output=True, check=True, env=cli_env())
     help_s = time.time() - help_started
@@ -214,7 +215,7 @@ def bench_sweep(jobs: int = 12) -> None:
         _, standalone = run_cli([*args, "seed=100"], cwd)
         started, sweep_wall = run_cli(["-m", *args, "seed=" + ",".join(str(s) for s in range(jobs))], cwd)
         runs = last_runs(cwd, jobs)
-        fit = statistics.median(r.data.metrics["perf/fit_s"] for r in runs)
+        fit = statistics.median(r.data.metrics["perf_fit_s"] for r in runs)
         # The sweep's one-off start-up (imports, store, parent run) ends when the first job's run opens.
         startup = min(r.info.start_time for r in runs) / 1000 - started
         per_job = sweep_wall / jobs

@@ -32,8 +32,8 @@ def compact_config(cfg: DictConfig) -> str:
 
 
 def result_block(metrics: Mapping[str, float], reward_name: str, run_id: str | None, store: str | None,
-                 dashboard: str | None) -> str:
-    """The end-of-run summary: test loss and reward, and where the run is stored."""
+                 dashboard: str | None, page: str | None = None) -> str:
+    """The end-of-run summary: test loss and reward, where the run is stored, and the run's page in the UI."""
     lines = [
         "rmlab result:",
         f"  test/loss    {metrics.get('test/loss', float('nan')):.4f}",
@@ -48,6 +48,8 @@ def result_block(metrics: Mapping[str, float], reward_name: str, run_id: str | N
         # The store's URI as given may hold a password: print it masked.
         lines += [f"  run id       {run_id}", f"  store        {redact(str(store))}",
                   f"  dashboard    {redact(str(dashboard))}"]
+        if page:
+            lines.append(f"  run page     {redact(str(page))}")
     else:
         lines.append("  not tracked (logger=none or trainer.fast_dev_run)")
     return "\n".join(lines)

@@ -13,8 +13,9 @@ batch). Groups may span chunks. Steps (``global_step``, ``log_every_n_steps``, `
 steps; ``train/loss_step`` is the group's mean loss.
 
 Metrics: ``{split}/loss`` and ``{split}/reward`` (plus the reward under its own name, ``val/accuracy``), per epoch
-for every split, and ``train/loss_step`` every ``log_every_n_steps`` optimizer steps. Everything is accumulated on the
-device; the host reads values once per chunk and at epoch ends, never per step.
+for every split, ``epoch`` once per training epoch (see ``_epoch_point``), and ``train/loss_step`` every
+``log_every_n_steps`` optimizer steps. Everything is accumulated on the device; the host reads values once per
+chunk and at epoch ends, never per step.
 With reward feedback, ``train/pg_loss``, ``train/sampled_reward`` and ``train/baseline`` are logged too (epoch means),
 and the optimised total is ``loss_weight * loss + feedback_weight * pg_loss``; ``train/loss`` stays the task loss so
 runs with and without feedback compare. On pair tasks, ``{split}/score_mean`` and ``{split}/score_std`` of the
@@ -124,10 +125,17 @@ class ObjectiveModule(pl.LightningModule):
             values[f"{split}/score_std"] = (second - first**2).clamp_min(0).sqrt()
         numbers = dict(zip(values, torch.stack([v.float().reshape(()) for v in values.values()]).tolist()))
         if self.logger is not None:
-            self.logger.log_metrics({**numbers, "epoch": self.current_epoch}, step=self.global_step)
+            self.logger.log_metrics({**numbers, **self._epoch_point(split)}, step=self.global_step)
         self.epoch_metrics.update(numbers)
         if split == "val" and self.trainer.progress_bar_callback is not None:
             self.log("val/reward", numbers["val/reward"], prog_bar=True, logger=False)
+
+    def _epoch_point(self, split: str) -> dict[str, int]:
+        """The ``epoch`` metric that goes with a split's epoch-end values: one point per training epoch (0-based,
+        Lightning's numbering), at the step where that epoch ended, logged with the training values only. Validation
+        runs at the same step, so charting any metric against ``epoch`` in MLflow maps each point to its epoch; the
+        test metrics, logged after training, get none (an extra point would read as one epoch more)."""
+        return {"epoch": self.current_epoch} if split == "train" else {}
 
     # -- training ------------------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:

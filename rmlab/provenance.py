@@ -38,6 +38,26 @@ def run_name(cfg: DictConfig) -> str:
     return cfg.run_name or f"{cfg.task.name}-{cfg.loss.name}-{cfg.reward.name}-s{cfg.seed}"
 
 
+def command_overrides() -> list[str]:
+    """This job's command-line overrides (``loss.delta=0.5``); in a sweep also the sweep's own, as the user typed
+    them (Hydra rewrites a job's numbers: ``1e-4`` reaches the job as ``0.0001``), read from the ``multirun.yaml``
+    that Hydra's sweeper writes into the sweep folder. Empty outside a Hydra app."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+    except ValueError:
+        return []
+    overrides = list(hc.overrides.task)
+    saved = Path(hc.sweep.dir) / "multirun.yaml"
+    if hc.mode is not None and hc.mode.name == "MULTIRUN" and saved.is_file():
+        try:
+            overrides += [str(o) for o in OmegaConf.load(saved).hydra.overrides.task]
+        except Exception:  # an unreadable file only costs the typed spelling
+            pass
+    return overrides
+
+
 def command_line() -> str:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -153,12 +173,20 @@ def provenance(cfg: DictConfig) -> dict[str, str]:
     return tags
 
 
-def git_commit() -> str:
+def git_commit() -> str | None:
+    """The commit checked out in the current directory; None outside a git repository (or without git)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
+        return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
+
+
+def git_tags() -> dict[str, str]:
+    """MLflow's git tag, only where there is a commit: the UI shows it as a chip beside the source, and a chip reading
+    "unknown" would be noise."""
+    commit = git_commit()
+    return {"mlflow.source.git.commit": commit} if commit else {}
 
 
 def run_tags(cfg: DictConfig, context: dict[str, Any]) -> dict[str, str]:
@@ -169,7 +197,7 @@ def run_tags(cfg: DictConfig, context: dict[str, Any]) -> dict[str, str]:
     tags = {
         "task": cfg.task.name, "loss": cfg.loss.name, "reward": cfg.reward.name, "seed": str(cfg.seed),
         "feedback": cfg.feedback.name, "model": cfg.model.name, "optimizer": cfg.optimizer.name,
-        "rmlab_version": rmlab.__version__, "mlflow.source.git.commit": git_commit(),
+        "rmlab_version": rmlab.__version__, **git_tags(),
         "mlflow.source.name": "rmlab", "command": command_line(), "rmlab.config_hash": config_hash(cfg),
         **provenance(cfg),
     }

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmlab.console import compact_config, result_block
 from rmlab.errors import ConfigError
-from rmlab.provenance import command_line, job_context, run_name, run_tags
+from rmlab.provenance import command_line, command_overrides, job_context, run_name, run_tags
 from rmlab.validate import validate_config
 
 if TYPE_CHECKING:
@@ -171,12 +171,13 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
 
             reused = reuse_finished_run(tracker, cfg, run_name(cfg), tags, parent_run_id)
             if reused is not None:
-                print(result_block(reused, parts.reward.name, reused["run_id"], tracker.uri, _dashboard(tracker)))
+                print(result_block(reused, parts.reward.name, reused["run_id"], tracker.uri, _dashboard(tracker),
+                                   _run_page(tracker)))
                 return reused
     results = _fit_and_test(cfg, parts, tracker, tags, parent_run_id)
     if global_rank() == 0:
         print(result_block(results, parts.reward.name, results["run_id"], tracker.uri if tracker else None,
-                           _dashboard(tracker)))
+                           _dashboard(tracker), _run_page(tracker)))
     return results
 
 
@@ -209,7 +210,7 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         raise
 
     if tracker is not None:
-        _open_run(tracker, cfg, tags, parent_run_id)
+        _open_run(tracker, cfg, tags, parent_run_id, parts.task)
     try:
         started = time.perf_counter()
         trainer.fit(module, datamodule=data)
@@ -221,14 +222,11 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         if tracker is not None and cfg.logger.log_checkpoint and saved is not None:
             tracker.log_artifact(saved, "checkpoints")
         # Throughput of the whole fit (training, per-epoch validation, logging): what the benchmark compares.
-        results["perf/fit_s"] = fit_s
-        results["perf/train_samples_per_s"] = module.samples_trained / fit_s
-        if module.first_step_time is not None:
-            results["perf/first_step_unix"] = module.first_step_time
+        results["perf_fit_s"] = fit_s
+        results["perf_train_samples_per_s"] = module.samples_trained / fit_s
         if tracker is not None:
-            final = {k: v for k, v in results.items() if k in SELECTION_KEYS or k.startswith("perf/")}
-            tracker.log_metrics(final, step=trainer.global_step)
             tracker.set_tags({"rmlab.selection": validation.selected()[0]})
+            _log_outcome(tracker, cfg, parts, results, trainer.global_step, module.first_step_time)
     except BaseException as err:
         if tracker is not None:
             status, reason = _ending(err)
@@ -251,6 +249,22 @@ def selection_metrics(validation) -> dict[str, float]:
     if score is None:  # no validation ran
         return {}
     return {"val/selected_reward": score, "val/selected_epoch": epoch, f"val/{selection}_reward": score}
+
+
+def _log_outcome(tracker, cfg: DictConfig, parts: Components, results: dict[str, Any], step: int,
+                 first_step_time: float | None) -> None:
+    """After the test: the final metrics, the first step's wall clock (a tag: a timestamp is no metric to chart), and
+    the tested weights as the run's MLflow model (``logger.log_model``)."""
+    final = {k: v for k, v in results.items() if k in SELECTION_KEYS or k.startswith("perf_")}
+    tracker.log_metrics(final, step=step)
+    if first_step_time is not None:
+        tracker.set_tags({"rmlab.first_step_unix": f"{first_step_time:.3f}"})
+    if cfg.logger.log_model:
+        from rmlab.serving.export import log_model
+
+        tracker.flush()  # the test metrics must be stored before they are linked to the model
+        linked = {k: v for k, v in results.items() if k.startswith("test/") or k in SELECTION_KEYS}
+        log_model(tracker, cfg, parts, step, linked, register_as=cfg.logger.register_as)
 
 
 def _ending(err: BaseException) -> tuple[str, str]:
@@ -306,15 +320,28 @@ def _dashboard(tracker) -> str | None:
     return dashboard_command(tracker.uri)
 
 
-def _open_run(tracker, cfg: DictConfig, tags: dict[str, str], parent_run_id: str | None) -> None:
-    """Create the MLflow run and record everything known before training: params, tags, config, command."""
-    from rmlab.tracking import flatten
+def _run_page(tracker) -> str | None:
+    if tracker is None or tracker.run_id is None:
+        return None
+    from rmlab.tracking import run_page_url
 
+    return run_page_url(tracker.uri, tracker.experiment_id, tracker.run_id)
+
+
+def _open_run(tracker, cfg: DictConfig, tags: dict[str, str], parent_run_id: str | None, task) -> None:
+    """Create the MLflow run and record everything known before training: params, tags, the datasets (one per split),
+    config, command."""
+    from rmlab.lineage import split_datasets
+    from rmlab.tracking import flatten, typed_params
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    datasets = split_datasets(task, resolved["task"])  # digests take a moment: before the run exists
     tracker.start(run_name(cfg), tags, parent_run_id=parent_run_id)
     try:
-        tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+        tracker.log_params(typed_params(flatten(resolved), command_overrides()))
+        tracker.log_inputs(datasets)
         tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         tracker.log_text(command_line() + "\n", "command.txt")
     except BaseException as err:
-        tracker.finish("FAILED", error=f"{type(err).__name__}: {err}")
+        tracker.finish(*_ending(err))  # Ctrl-C here is KILLED, as during training
         raise

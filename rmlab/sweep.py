@@ -123,7 +123,7 @@ class SweepCallback(Callback):
         compose_once.install(config)  # each job's config composed once, not twice (checked, then launched)
         if config.logger.name != "mlflow" or config.trainer.get("fast_dev_run"):
             return  # jobs are untracked (see rmlab.run.train): a parent would stay empty
-        from rmlab.provenance import git_commit
+        from rmlab.provenance import git_tags
         from rmlab.tracking import Tracker, resolve_tracking_uri
 
         import rmlab
@@ -155,8 +155,7 @@ class SweepCallback(Callback):
             "sweep_id": str(self.sweep_dir), "rmlab.role": "parent",
             "command": shlex.join(["python", "-m", "rmlab", "-m", *overrides]),
             "rmlab.overrides": " ".join(overrides), "rmlab.sweeper": str(sweeper), "rmlab.launcher": str(launcher),
-            "rmlab_version": rmlab.__version__, "mlflow.source.git.commit": git_commit(),
-            "mlflow.source.name": "rmlab"})
+            "rmlab_version": rmlab.__version__, **git_tags(), "mlflow.source.name": "rmlab"})
         try:
             params = {"sweep.sweeper": sweeper, "sweep.launcher": launcher, "sweep.overrides": " ".join(overrides)}
             # What a preset sweeps is not in the overrides (only `sweep=NAME` is): record the search space too.

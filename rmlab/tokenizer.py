@@ -50,7 +50,9 @@ def encode_pair_item(prompt: str | None, response: str, max_length: int) -> list
     body = body[: max_length - 3]
     room = max_length - 3 - len(body)
     head = _ids(prompt)
-    head = head[len(head) - room :] if room > 0 else []  # head[-0:] would keep it all
+    # Keep the prompt's last `room` ids (all of them when it fits); head[-0:] would keep it all, and a negative start
+    # (a prompt shorter than the room) would count from the end and cut a prompt that fits.
+    head = head[max(0, len(head) - room) :] if room > 0 else []
     return [BOS, *head, SEP, *body, EOS]
 
 

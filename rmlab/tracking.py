@@ -43,6 +43,9 @@ from rmlab.server import bound_http_retries, check_reachable, is_http
 log = logging.getLogger("rmlab")
 
 MAX_TAG = 8000
+# MLflow 3 tells GenAI experiments from model-training ones by this tag (its UI then opens the right view where the
+# experiment kind decides it).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # How long the metrics are retried while the store does not answer (logger.retry_s).
 RETRY_S = 120.0
 # Tag on every run: the metric points it sent (the store should hold as many).
@@ -75,6 +78,22 @@ def dashboard_command(uri: str) -> str:
     return f"open {uri} in a browser" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
 
 
+UI_PORT = 5000  # where `mlflow ui` listens unless told otherwise
+# MLflow 3's UI opens in its GenAI view unless the link says otherwise.
+ML_VIEW = "workflowType=machine_learning"
+
+
+def run_page_url(uri: str, experiment_id: str | None, run_id: str) -> str | None:
+    """The run's page in the MLflow UI, in the model-training view: on the tracking server itself, or where
+    ``mlflow ui`` serves a local store by default; None for other stores (their UI address is not known here)."""
+    path = f"#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW}"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{path}"
+    if sqlite_path(uri) is not None:
+        return f"http://127.0.0.1:{UI_PORT}/{path}"
+    return None
+
+
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested config -> {"a.b.c": value-as-text}; lists stay whole (``[128, 128]``) so each key is one param."""
     flat: dict[str, str] = {}
@@ -87,6 +106,36 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def typed_params(params: Mapping[str, str], overrides: list[str]) -> dict[str, str]:
+    """``params`` with each number the user set on the command line written as they typed it (``optimizer.lr=1e-4``
+    is stored as ``1e-4``, not Python's ``0.0001``), where the typed text means the same number. A sweep's list
+    (``optimizer.lr=1e-3,1e-4``) offers each of its values."""
+    typed: dict[str, str] = {}
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        key = key.lstrip("+~")
+        if not sep or key not in params or re.fullmatch(r"[-+]?\d+", params[key]):
+            continue  # not a number the config stores as a float
+        for candidate in text.split(",") if re.fullmatch(r"[^\[\](){}'\"]*", text) else [text]:
+            try:
+                same = float(candidate) == float(params[key])
+            except ValueError:
+                continue
+            if same:
+                typed[key] = candidate.strip()
+    return {**params, **typed}
+
+
+def current_user() -> str:
+    """The OS user name for the ``mlflow.user`` tag (MLflow's own fluent API records the same)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry and no $USER
+        return "unknown"
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "experiment"
 
@@ -94,8 +143,9 @@ def slug(text: str) -> str:
 @lru_cache(maxsize=8)
 def client_for(uri: str) -> MlflowClient:
     """One client per store and process: opening a sqlite store (engine, schema check) costs about 0.1 s, paid once
-    per sweep instead of once per job."""
-    return MlflowClient(tracking_uri=uri)
+    per sweep instead of once per job. The store is also the model registry (``logger.register_as``): left to MLflow,
+    the registry would follow the process's global tracking URI, which code around rmlab may have set elsewhere."""
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def get_or_create_experiment(client: MlflowClient, uri: str, name: str) -> str:
@@ -106,7 +156,7 @@ def get_or_create_experiment(client: MlflowClient, uri: str, name: str) -> str:
     db = sqlite_path(uri)
     location = str(db.parent / "mlartifacts" / slug(name)) if db is not None else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except Exception:
         # Another process created it between our lookup and our create.
         found = client.get_experiment_by_name(name)
@@ -147,7 +197,7 @@ class Tracker:
 
     def start(self, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None) -> str:
         self.experiment_id = get_or_create_experiment(self.client, self.uri, self.experiment)
-        all_tags = {k: redact(str(v))[:MAX_TAG] for k, v in tags.items()}
+        all_tags = {"mlflow.user": current_user(), **{k: redact(str(v))[:MAX_TAG] for k, v in tags.items()}}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
@@ -228,6 +278,10 @@ class Tracker:
                             f"{time.monotonic() - self._down_since:.0f} s; metrics are stored again")
                 self._down_since = None
             return
+
+    def log_inputs(self, datasets: list) -> None:
+        """Record the datasets the run used (``mlflow.entities.DatasetInput``, see ``rmlab.lineage``)."""
+        self.client.log_inputs(self.run_id, datasets=datasets)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, redact(text), artifact_file)

@@ -49,7 +49,8 @@ OPTIMIZER_KEYS: dict[str, dict[str, Any]] = {
     "sgd": {**_OPTIMIZER_COMMON, "momentum": None, "nesterov": None},
 }
 LOGGER_KEYS: dict[str, dict[str, Any]] = {
-    "mlflow": {"name": None, "tracking_uri": None, "log_checkpoint": None, "flush_every_s": None, "retry_s": None},
+    "mlflow": {"name": None, "tracking_uri": None, "log_checkpoint": None, "log_model": None, "register_as": None,
+               "flush_every_s": None, "retry_s": None},
     "none": {"name": None},
 }
 
@@ -221,6 +222,18 @@ def validate_logger(logger: Mapping[str, Any]) -> None:
         check_bool("logger.log_checkpoint", logger["log_checkpoint"])
         check_real("logger.flush_every_s", logger["flush_every_s"], 0, low_open=True)
         check_real("logger.retry_s", logger["retry_s"], 0)
+        validate_model_logging(logger)
+
+
+def validate_model_logging(logger: Mapping[str, Any]) -> None:
+    """``logger.log_model`` and ``logger.register_as`` (a Model registry name: no '/' or ':')."""
+    check_bool("logger.log_model", logger["log_model"])
+    name = logger["register_as"]
+    check(name is None or (isinstance(name, str) and name.strip() != "" and not any(c in name for c in "/:")),
+          f"logger.register_as must be null or a model name without '/' or ':', got {name!r}")
+    check(name is None or logger["log_model"],
+          f"logger.register_as={name} registers the run's model, but logger.log_model=false logs none; "
+          "set logger.log_model=true")
 
 
 def validate_feedback(feedback: Mapping[str, Any]) -> None:

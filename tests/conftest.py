@@ -37,3 +37,20 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def stop_group(process, timeout: float = 90) -> None:
+    """End a server started with ``start_new_session=True`` and every process it spawned (mlflow's web workers):
+    SIGTERM to its process group, then SIGKILL if it is still there after ``timeout`` (a loaded machine is slow to
+    shut down)."""
+    import signal
+    import subprocess
+
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -6,7 +6,7 @@ import textwrap
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import PYTHON, cli_env
+from tests.conftest import PYTHON, cli_env, stop_group
 
 FAST = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
 
@@ -23,7 +23,7 @@ def test_cli_run_lands_in_mlflow_beside_the_command(tmp_path):
     assert "test/reward" in done.stdout and "dashboard    mlflow ui" in done.stdout
     assert (tmp_path / "mlflow.db").is_file()
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run = client.search_runs([client.get_experiment_by_name("rmlab").experiment_id])[0]
+    run = client.search_runs([client.get_experiment_by_name("digits").experiment_id])[0]
     assert run.info.status == "FINISHED" and run.info.run_name == "digits-huber-accuracy-s0"
     assert run.data.params["loss.name"] == "huber" and run.data.params["trainer.max_epochs"] == "2"
     assert run.info.run_id in done.stdout
@@ -112,7 +112,7 @@ def test_mlflow_ui_started_in_the_directory_shows_the_run(tmp_path):
     assert done.returncode == 0, done.stderr
     port = free_port()
     server = subprocess.Popen(["mlflow", "ui", "--port", str(port)], cwd=tmp_path, env=cli_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
 
     def get(path):
@@ -123,7 +123,7 @@ def test_mlflow_ui_started_in_the_directory_shows_the_run(tmp_path):
         deadline = time.time() + 90
         while True:
             try:
-                experiments = json.loads(get("/api/2.0/mlflow/experiments/get-by-name?experiment_name=rmlab"))
+                experiments = json.loads(get("/api/2.0/mlflow/experiments/get-by-name?experiment_name=digits"))
                 break
             except OSError:
                 assert time.time() < deadline, "mlflow ui did not answer"
@@ -142,8 +142,7 @@ def test_mlflow_ui_started_in_the_directory_shows_the_run(tmp_path):
         assert {f["path"] for f in listed["files"]} >= {"config.yaml", "command.txt"}
         assert "trainer.max_epochs=1" in get(f"/get-artifact?path=command.txt&run_uuid={run_id}")
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_group(server)
 
 
 @pytest.mark.slow
@@ -153,7 +152,7 @@ def test_ddp_on_two_cpu_processes_records_one_run(tmp_path):
                  "trainer.enable_progress_bar=false", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("rmlab").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert {"test/reward", "val/reward", "train/loss"} <= set(runs[0].data.metrics)
     assert len(list(tmp_path.rglob("best.ckpt"))) == 1

@@ -40,7 +40,7 @@ def test_root_defaults():
     cfg = compose_config()
     assert cfg.task.name == "digits" and cfg.model.name == "mlp" and cfg.loss.name == "cross_entropy"
     assert cfg.reward.name == "accuracy" and cfg.optimizer.name == "adam" and cfg.logger.name == "mlflow"
-    assert cfg.feedback.name == "none" and cfg.seed == 0 and cfg.experiment == "rmlab"
+    assert cfg.feedback.name == "none" and cfg.seed == 0 and cfg.experiment == "digits"
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
@@ -120,8 +120,9 @@ def test_wheel_carries_the_configs(tmp_path):
     wheel = next(tmp_path.glob("rmlab-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "rmlab/conf/config.yaml" in names
-    for package in ("rmlab", "rmlab/tasks", "rmlab/tasks/sequence", "rmlab/losses", "rmlab/rewards"):
-        assert f"{package}/__init__.py" in names
+    # Every package of the checkout (a subpackage left out of pyproject's list would be missing from installs).
+    for init in (REPO / "rmlab").rglob("__init__.py"):
+        assert init.relative_to(REPO).as_posix() in names
     assert "hydra_plugins/rmlab_optuna_sweeper/__init__.py" in names
     assert "hydra_plugins/rmlab_ray_launcher/ray_launcher.py" in names
     assert "rmlab/conf/loss/huber.yaml" in names and "rmlab/conf/hydra/job_logging/rmlab.yaml" in names

@@ -691,3 +691,12 @@ def test_bradley_terry_recovers_a_linear_reward():
     assert float(spearman.compute()) > 0.95
     clean_order = (s["test"].y[:, 0] > s["test"].y[:, 1]).float().mean()
     assert float(PreferenceAccuracy().per_sample(out, s["test"].y).mean()) > 0.9 * float(clean_order)
+
+
+def test_a_prompt_that_fits_is_kept_whole():
+    # A prompt shorter than the room left by the response, but longer than half of it, once lost its first bytes.
+    ids = tokenizer.encode_pair_item("question 27?", "a good answer 6", 40)
+    assert tokenizer.decode(ids) == "question 27?a good answer 6" and len(ids) == 3 + 12 + 15
+    for length in range(1, 30):
+        prompt = "p" * length
+        assert tokenizer.decode(tokenizer.encode_pair_item(prompt, "r", 40)) == prompt[-36:] + "r"

@@ -413,5 +413,5 @@ def test_command_line_beats_preset_and_callback_is_registered():
     cfg = _compose_hydra("sweep=noise_robustness", "task=wine", "experiment=mine")
     assert (cfg.task.name, cfg.experiment) == ("wine", "mine")
     assert cfg.hydra.callbacks.rmlab_sweep._target_ == "rmlab.sweep.SweepCallback"
-    assert _compose_hydra().experiment == "rmlab"  # no preset: the group is optional
+    assert _compose_hydra().experiment == "digits"  # no preset: the group is optional; one experiment per task
     assert (REPO / "sweeps").resolve() == (REPO / "conf" / "sweep").resolve()

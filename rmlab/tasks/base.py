@@ -100,6 +100,11 @@ class Task:
 
     kind: str
     default_name: str = "task"
+    # Set when the data is loaded, for serving the trained model on raw inputs (``rmlab.serving``): the input
+    # columns' names (None: x0, x1, ...), the original label of each class index (None: the index itself), and the
+    # standardisation fitted on the train split (``preprocessing``: feature_mean/feature_std, target_mean/target_std).
+    feature_names: list[str] | None = None
+    classes: list[Any] | None = None
     # The kinds this class's ``_build`` handles; a subclass with its own pipeline (pairs) widens it.
     supported_kinds: ClassVar[tuple[str, ...]] = TASK_KINDS
 
@@ -166,6 +171,7 @@ class Task:
         self.outlier_scale = outlier_scale
         self._splits: dict[str, Split] | None = None
         self._info: kinds.TaskInfo | None = None
+        self.preprocessing: dict[str, Any] = {}
 
     # --- what a subclass provides ------------------------------------------------------------------------------
 
@@ -242,6 +248,7 @@ class Task:
         if self.standardize:
             mean, std = _zscore_stats(xs["train"])
             xs = {k: (v - mean) / std for k, v in xs.items()}
+            self.preprocessing.update(feature_mean=mean.tolist(), feature_std=std.tolist())
         target_std = 1.0  # of the clean train targets, in the units the model sees: outliers are scaled by it
         if not classification:
             mean, std = _zscore_stats(ys["train"])
@@ -249,6 +256,7 @@ class Task:
                 # Targets on a common scale make loss hyperparameters (a Huber delta of 1) mean the same on every
                 # dataset. Fitted on the *clean* train targets, so the scale stays the same at every outlier level.
                 ys = {k: (v - mean) / std for k, v in ys.items()}
+                self.preprocessing.update(target_mean=float(mean), target_std=float(std))
             else:
                 target_std = float(std)
 

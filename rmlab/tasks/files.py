@@ -160,6 +160,7 @@ class FileTask(Task):
         if not features:
             raise self._error(f"no feature columns: the file has only the target column {self.target!r}")
         x = np.stack([self._numeric(df, c, "feature") for c in features], axis=1)
+        self.feature_names = list(features)
 
         if self.kind != CLASSIFICATION:
             return x, self._numeric(df, self.target, "target")

@@ -127,6 +127,7 @@ class PairTask(Task):
         if train_items is not None and self.standardize:
             mean, std = _zscore_stats(train_items)
             pairs = {k: ((x - mean) / std, r) for k, (x, r) in pairs.items()}
+            self.preprocessing.update(feature_mean=mean.tolist(), feature_std=std.tolist())
         if self.pair_flip > 0:
             rngs = {"train": np.random.default_rng(train_seq), "val": np.random.default_rng(val_seq)}
             for split in ("train", "val") if self.corrupt_val else ("train",):  # test stays clean
@@ -262,7 +263,9 @@ class PreferenceFromDataset(PairTask):
     def _pairs(self, rng: np.random.Generator) -> tuple[Pairs, np.ndarray | None]:
         import sklearn.datasets
 
-        x, y = getattr(sklearn.datasets, f"load_{self.dataset}")(return_X_y=True)
+        bunch = getattr(sklearn.datasets, f"load_{self.dataset}")()
+        x, y = bunch.data, bunch.target
+        self.feature_names = [str(name) for name in bunch.feature_names]
         items = self._split_index(len(y), rng)
         mean, std = _zscore_stats(y[items["train"]])
         r = (y - mean) / std

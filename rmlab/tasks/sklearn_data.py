@@ -24,4 +24,8 @@ class SklearnTask(Task):
     def _raw(self) -> tuple[np.ndarray, np.ndarray]:
         import sklearn.datasets
 
-        return getattr(sklearn.datasets, f"load_{self.dataset}")(return_X_y=True)
+        bunch = getattr(sklearn.datasets, f"load_{self.dataset}")()
+        self.feature_names = [str(name) for name in bunch.feature_names]
+        if self.kind == CLASSIFICATION:
+            self.classes = [name.item() if isinstance(name, np.generic) else name for name in bunch.target_names]
+        return bunch.data, bunch.target
