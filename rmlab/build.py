@@ -16,7 +16,8 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from rmlab.errors import ConfigError, IncompatibleError, check
-from rmlab.kinds import FEATURES, TaskInfo
+from rmlab.generation import GenerationConfig
+from rmlab.kinds import FEATURES, SEQUENCE, TaskInfo
 from rmlab.models import KindHead, output_dim
 from rmlab.optim import validate_optimizer
 from rmlab.paths import CONFIG_DIR
@@ -30,10 +31,12 @@ class Components:
 
     task: Any
     info: TaskInfo
-    model: KindHead
+    model: KindHead  # on sequence tasks, the language model itself (rmlab.language_models)
     loss: Any
     reward: Any
     feedback: Any  # None when feedback=none
+    generation: Any = None  # sequence tasks: the evaluation's GenerationConfig
+    splits: Any = None  # sequence tasks: the tokenised splits (rmlab.sequence_data.TokenizedSplit)
 
 
 def instantiate(group: str, node: DictConfig | dict, **extra: Any) -> Any:
@@ -179,11 +182,18 @@ def validate_logger(logger: DictConfig) -> None:
               f"logger.flush_every_s must be > 0, got {logger.flush_every_s}")
 
 
+def validate_generation(cfg: DictConfig) -> GenerationConfig:
+    """The ``generation`` group (used by sequence tasks; checked on every task, so a typo never waits)."""
+    node = cfg.get("generation")
+    return GenerationConfig.from_config(OmegaConf.to_container(node, resolve=True) if node is not None else {})
+
+
 def build_components(cfg: DictConfig) -> Components:
     """Validate the whole config and build the task, model, loss, reward (and feedback); raise ConfigError first."""
     validate_trainer(cfg.trainer)
     validate_logger(cfg.logger)
     validate_optimizer(OmegaConf.to_container(cfg.optimizer, resolve=True))
+    generation = validate_generation(cfg)
     task = instantiate("task", cfg.task)
     loss = instantiate("loss", cfg.loss)
     reward = instantiate("reward", cfg.reward)
@@ -193,6 +203,10 @@ def build_components(cfg: DictConfig) -> Components:
     check_accepts("reward", cfg.reward.name, reward, info)
     loss.check_task(info)
     reward.check_task(info)
+    if info.output_kind == SEQUENCE:
+        from rmlab.sequence_build import build_sequence
+
+        return build_sequence(cfg, task, info, loss, reward, generation)
     feedback = None
     if cfg.feedback.name != "none":
         feedback = instantiate("feedback", cfg.feedback)

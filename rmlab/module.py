@@ -98,6 +98,16 @@ class ObjectiveModule(pl.LightningModule):
         the progress bar's ``val/reward`` goes through it. The latest value of every metric stays in
         ``epoch_metrics``, where the epoch-end callbacks and ``rmlab.run`` read them.
         """
+        values = self._epoch_values(split)
+        numbers = dict(zip(values, torch.stack([v.float().reshape(()) for v in values.values()]).tolist()))
+        if self.logger is not None:
+            self.logger.log_metrics({**numbers, "epoch": self.current_epoch}, step=self.global_step)
+        self.epoch_metrics.update(numbers)
+        if split == "val" and self.trainer.progress_bar_callback is not None:
+            self.log("val/reward", numbers["val/reward"], prog_bar=True, logger=False)
+
+    def _epoch_values(self, split: str) -> dict[str, Tensor]:
+        """The split's epoch metrics, as device tensors."""
         index = SPLITS.index(split)
         total, count = self.loss_sums[index]
         values = {f"{split}/loss": total / count.clamp_min(1), f"{split}/reward": self.metrics[index].compute()}
@@ -109,12 +119,7 @@ class ObjectiveModule(pl.LightningModule):
             first, second = self.score_sums[index] / count.clamp_min(1)
             values[f"{split}/score_mean"] = first
             values[f"{split}/score_std"] = (second - first**2).clamp_min(0).sqrt()
-        numbers = dict(zip(values, torch.stack([v.float().reshape(()) for v in values.values()]).tolist()))
-        if self.logger is not None:
-            self.logger.log_metrics({**numbers, "epoch": self.current_epoch}, step=self.global_step)
-        self.epoch_metrics.update(numbers)
-        if split == "val" and self.trainer.progress_bar_callback is not None:
-            self.log("val/reward", numbers["val/reward"], prog_bar=True, logger=False)
+        return values
 
     # -- training ------------------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -138,16 +143,20 @@ class ObjectiveModule(pl.LightningModule):
                 total = self.feedback.combine(loss, feedback.pg_loss)
                 terms = torch.stack([feedback.pg_loss.detach(), feedback.sampled_reward, feedback.baseline])
                 self.feedback_sums += terms.float() * y.shape[0]
-            optimizer.zero_grad(set_to_none=True)
-            if self.direct_steps:
-                self._direct_step(optimizer, total)
-            else:
-                self.manual_backward(total)
-                optimizer.step()  # clips in on_before_optimizer_step
+            self._optimize(optimizer, total)
             outputs.append(output.detach())
             losses.append(loss.detach())
             sizes.append(y.shape[0])
         self._accumulate_chunk(torch.cat(outputs), ys, torch.stack(losses).float(), sizes, first_step)
+
+    def _optimize(self, optimizer, total: Tensor) -> None:
+        """One optimizer step on ``total``: backward, clipping, step."""
+        optimizer.zero_grad(set_to_none=True)
+        if self.direct_steps:
+            self._direct_step(optimizer, total)
+        else:
+            self.manual_backward(total)
+            optimizer.step()  # clips in on_before_optimizer_step
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Here, not right after manual_backward: under 16-mixed Lightning unscales the gradients just before this

@@ -150,6 +150,13 @@ class Tracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
 
+    def log_table(self, data: Mapping[str, list], artifact_file: str) -> None:
+        """Append rows (column -> values) to the run's table ``artifact_file`` (``.json``; MLflow's table artifact,
+        shown in the UI), from the sending thread; ``flush`` waits until it is stored."""
+        # Appending downloads the stored table first; MLflow would draw a progress bar for it on the console.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        self._pending.append(self._sender.submit(self.client.log_table, self.run_id, dict(data), artifact_file))
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
@@ -202,3 +209,7 @@ class TrackerLogger(Logger):
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         self.tracker.log_metrics(metrics, step or 0)
+
+    @rank_zero_only
+    def log_table(self, data: Mapping[str, list], artifact_file: str) -> None:
+        self.tracker.log_table(data, artifact_file)

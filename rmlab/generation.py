@@ -1,0 +1,185 @@
+"""Text generation for every rmlab language model: batched, left-padded, with a KV cache.
+
+``generate(model, prompt_ids, prompt_mask, ...)`` continues left-padded prompts (the layout of ``rmlab.sequence``)
+one token at a time: greedy (the argmax) or sampled (``temperature``, then ``top_k`` and ``top_p`` filtering), until
+every row has produced EOS or ``max_new_tokens`` tokens, and never past ``model.max_length``. Each row is computed as
+it would be alone: positions count its real tokens and attention skips its padding. ``num_return_sequences=K``
+samples K completions per prompt (rows ``[p0 s0, p0 s1, ..., p1 s0, ...]``), the shape policy optimisation needs.
+Sampling draws from ``generator`` (a ``torch.Generator`` on the model's device), so a seeded generator gives the
+same completions every time.
+
+``GenerationConfig`` holds the settings of the ``generation`` config group (evaluation of sequence tasks) and
+validates them; ``decode`` turns a ``Generation`` into completion texts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rmlab.errors import check
+from rmlab.sequence import Tokenizer
+
+
+class Generation(NamedTuple):
+    """What ``generate`` returns; N is the number of steps run (at most ``max_new_tokens``).
+
+    ``ids`` int64 (B*K, N): generated tokens, ``pad_id`` after a row's EOS. ``mask`` bool (B*K, N): True up to and
+    including the first EOS. ``logprobs`` float32 (B*K, N): log-probability of each generated token under the
+    model's distribution at the sampling temperature (``log_softmax(logits / temperature)``; temperature 1 when
+    greedy), before top-k/top-p filtering, 0 where ``mask`` is False: the same quantity as
+    ``rmlab.language_models.token_logprobs(..., temperature=...)``. ``prompt_ids``/``prompt_mask``: the prompts the
+    rows continue (repeated K times), so ``completion_batch(prompt_ids, prompt_mask, ids, mask)`` rebuilds the
+    full sequences.
+    """
+
+    ids: Tensor
+    mask: Tensor
+    logprobs: Tensor
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
+             do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             num_return_sequences: int = 1, generator: torch.Generator | None = None,
+             use_cache: bool = True) -> Generation:
+    """Continue each left-padded prompt (see the module docstring). ``use_cache=False`` recomputes the whole
+    sequence at every step (the reference the KV cache is tested and benchmarked against)."""
+    tokenizer = model.tokenizer
+    if num_return_sequences > 1:
+        prompt_ids = prompt_ids.repeat_interleave(num_return_sequences, dim=0)
+        prompt_mask = prompt_mask.repeat_interleave(num_return_sequences, dim=0)
+    prompt_mask = prompt_mask.bool()
+    batch, prompt_length = prompt_ids.shape
+    steps = min(max_new_tokens, model.max_length - prompt_length)
+    if steps < 1:
+        raise ValueError(f"prompts of {prompt_length} tokens leave no room to generate within "
+                         f"model.max_length={model.max_length}")
+    cache = model.new_cache(batch, prompt_length + steps) if use_cache else None
+    sequence, mask = prompt_ids, prompt_mask
+    logits = model(prompt_ids, prompt_mask, cache=cache)[:, -1]
+    finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
+    tokens, masks, logprobs = [], [], []
+    for step in range(steps):
+        token, logprob = _pick(logits.float(), do_sample, temperature, top_k, top_p, generator)
+        alive = ~finished
+        token = torch.where(alive, token, tokenizer.pad_id)
+        tokens.append(token)
+        masks.append(alive)
+        logprobs.append(logprob * alive)
+        finished = finished | (token == tokenizer.eos_id)
+        # One host read per step: decoding is sequential anyway, and stopping early saves whole forward passes.
+        if step == steps - 1 or bool(finished.all()):
+            break
+        mask = torch.cat([mask, alive.unsqueeze(1)], dim=1)
+        if cache is not None:
+            logits = model(token.unsqueeze(1), mask, cache=cache)[:, -1]
+        else:
+            sequence = torch.cat([sequence, token.unsqueeze(1)], dim=1)
+            logits = model(sequence, mask)[:, -1]
+    return Generation(torch.stack(tokens, 1), torch.stack(masks, 1), torch.stack(logprobs, 1), prompt_ids,
+                      prompt_mask)
+
+
+def _pick(logits: Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float,
+          generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """The next token of each row (B,) and its log-probability at ``temperature`` (B,), from float32 logits (B, V)."""
+    if not do_sample:
+        token = logits.argmax(-1)
+        return token, F.log_softmax(logits, -1).gather(-1, token.unsqueeze(-1)).squeeze(-1)
+    scaled = logits / temperature
+    log_probs = F.log_softmax(scaled, -1)
+    filtered = scaled
+    if 0 < top_k < scaled.shape[-1]:
+        kth = scaled.topk(top_k, dim=-1).values[:, -1:]
+        filtered = filtered.masked_fill(filtered < kth, -math.inf)
+    if top_p < 1.0:
+        ordered, order = filtered.sort(dim=-1, descending=True)
+        probs = ordered.softmax(-1)
+        # Drop a token once the tokens before it already hold top_p of the mass; the most likely always stays.
+        drop = (probs.cumsum(-1) - probs) > top_p
+        filtered = filtered.scatter(-1, order, ordered.masked_fill(drop, -math.inf))
+    token = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(-1)
+    return token, log_probs.gather(-1, token.unsqueeze(-1)).squeeze(-1)
+
+
+def decode(tokenizer: Tokenizer, generation: Generation) -> list[str]:
+    """The completion text of each row: its tokens up to (not including) EOS, special tokens dropped."""
+    rows = generation.ids.tolist()
+    lengths = generation.mask.sum(1).tolist()
+    texts = []
+    for row, length in zip(rows, lengths):
+        row = row[:length]
+        if row and row[-1] == tokenizer.eos_id:
+            row = row[:-1]
+        texts.append(tokenizer.decode(row))
+    return texts
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """The ``generation`` config group: how sequence tasks are evaluated (every key validated here).
+
+    ``max_new_tokens`` >= 1; ``do_sample`` false (greedy) or true (sample with ``temperature`` > 0, ``top_k`` >= 0
+    (0: off), ``top_p`` in (0, 1], which only apply when sampling); ``seed`` seeds the sampling at every evaluation
+    (the same draws each time, so evaluations compare); ``batch_size`` prompts per generation batch (also the
+    teacher-forced evaluation batch); ``log_samples`` rows of the sample table logged per evaluation (0: none).
+    """
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 64
+    log_samples: int = 8
+
+    def __post_init__(self) -> None:
+        check(_count(self.max_new_tokens, 1),
+              f"generation.max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        check(isinstance(self.do_sample, bool), f"generation.do_sample must be true or false, got {self.do_sample!r}")
+        check(_number(self.temperature) and self.temperature > 0,
+              f"generation.temperature must be a number > 0, got {self.temperature!r}")
+        check(_count(self.top_k, 0), f"generation.top_k must be an integer >= 0 (0: off), got {self.top_k!r}")
+        check(_number(self.top_p) and 0 < self.top_p <= 1,
+              f"generation.top_p must be in (0, 1], got {self.top_p!r}")
+        check(_count(self.seed, 0), f"generation.seed must be an integer >= 0, got {self.seed!r}")
+        check(_count(self.batch_size, 1), f"generation.batch_size must be an integer >= 1, got {self.batch_size!r}")
+        check(_count(self.log_samples, 0),
+              f"generation.log_samples must be an integer >= 0, got {self.log_samples!r}")
+        if not self.do_sample:
+            changed = [f"{name}={getattr(self, name)}" for name, default in (("temperature", 1.0), ("top_k", 0),
+                                                                           ("top_p", 1.0))
+                       if getattr(self, name) != default]
+            check(not changed, f"generation.{', generation.'.join(changed)} only apply when sampling: set "
+                               "generation.do_sample=true (or use generation=sample), or leave them at their defaults")
+
+    @classmethod
+    def from_config(cls, node: dict[str, Any]) -> GenerationConfig:
+        """Build from the composed ``generation`` group (its ``name`` key aside); an unknown key is an error."""
+        node = {k: v for k, v in node.items() if k != "name"}
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(k for k in node if k not in valid)
+        check(not unknown, f"generation has no option {', '.join(unknown)}; its options are: {', '.join(valid)}")
+        return cls(**node)
+
+    def sampling(self) -> dict[str, Any]:
+        """The keyword arguments of ``generate`` these settings give."""
+        return {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample, "temperature": self.temperature,
+                "top_k": self.top_k, "top_p": self.top_p}
