@@ -10,7 +10,7 @@ from rmlab.errors import ConfigError
 from rmlab.paths import CONFIG_DIR
 from tests.conftest import PYTHON, REPO, cli_env, compose_config
 
-GROUPS = ["task", "model", "loss", "reward", "feedback", "optimizer", "trainer", "logger"]
+GROUPS = ["task", "model", "loss", "reward", "feedback", "optimizer", "trainer", "logger", "generation"]
 # Which task each option needs so that the combination is a compatible one.
 REGRESSION_ONLY = {"neg_mse", "neg_mae", "r2", "spearman"}
 PAIR = ["task=synthetic_preference", "loss=bradley_terry", "reward=preference_accuracy"]
@@ -20,6 +20,11 @@ PAIR_OPTIONS = {
     "reward": {"preference_accuracy", "reward_margin", "true_reward_spearman", "preference_neg_ece"},
 }
 NEED_A_PATH = {"csv", "preference_file"}
+# Language models read a sequence task (tests/conf holds a tiny one).
+SEQUENCE = [f"hydra.searchpath=[file://{REPO}/tests/conf]", "task=tiny_reverse", "reward=tiny_exact_match"]
+LANGUAGE_MODELS = {"causal_lm": ["model=causal_lm"],
+                   "hf_causal_lm": ["model=hf_causal_lm", "model.config=gpt2", "model.width=16", "model.depth=1",
+                                    "model.heads=2", "model.max_length=32"]}
 
 
 def options(group):
@@ -51,6 +56,8 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
         path.write_text("".join(f'{{"prompt": "q{i}", "chosen": "y{i}", "rejected": "n{i}"}}\n' for i in range(40)))
         extra = ["task=preference_file", "model=text_transformer", *PAIR[1:]]
         overrides += [o for o in extra if o not in overrides] + [f"task.path={path}"]
+    if group == "model" and option in LANGUAGE_MODELS:
+        overrides = [*SEQUENCE, *LANGUAGE_MODELS[option]]
     cfg = compose_config(*overrides)
     parts = build_components(cfg)
     assert parts.info.output_kind in parts.loss.accepts
@@ -62,7 +69,7 @@ def test_group_options_lists_packaged_configs():
 
 
 def test_config_names_match_file_names():
-    for group in ("task", "model", "loss", "reward", "logger", "feedback", "optimizer"):
+    for group in ("task", "model", "loss", "reward", "logger", "feedback", "optimizer", "generation"):
         for option in options(group):
             cfg = compose_config(f"{group}={option}") if group != "task" or option not in NEED_A_PATH else None
             if cfg is not None:
@@ -81,7 +88,8 @@ def test_wheel_carries_the_configs(tmp_path):
     wheel = next(tmp_path.glob("rmlab-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "rmlab/conf/config.yaml" in names
-    for package in ("rmlab", "rmlab/tasks", "rmlab/losses", "rmlab/rewards"):
+    for package in ("rmlab", "rmlab/tasks", "rmlab/tasks/sequence", "rmlab/losses", "rmlab/rewards",
+                    "rmlab/language_models"):
         assert f"{package}/__init__.py" in names
     assert "hydra_plugins/rmlab_optuna_sweeper/__init__.py" in names
     assert "rmlab/conf/loss/huber.yaml" in names and "rmlab/conf/hydra/job_logging/rmlab.yaml" in names

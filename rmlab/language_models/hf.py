@@ -104,6 +104,7 @@ class HFCausalLM(LanguageModel):
             check(not given, f"{', '.join(given)} only apply with model.config (a pretrained model's sizes are "
                              "fixed); leave them null with model.path")
             self.net, self.tokenizer = _from_path(transformers, path)
+            self.net.train()  # from_pretrained returns it in eval mode; every other model starts in train mode
         else:
             self.net = _from_config(transformers, config, sizes, overrides)
             self.tokenizer = ByteTokenizer()
