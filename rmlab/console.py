@@ -5,7 +5,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-GROUPS = ("task", "model", "loss", "reward", "feedback", "optimizer", "trainer", "logger")
+GROUPS = ("task", "model", "loss", "reward", "feedback", "generation", "optimizer", "trainer", "logger")
 
 
 def _inline(value: Any) -> str:

@@ -11,8 +11,9 @@ differs is what a batch is (``rmlab.sequence_data``) and what evaluation does:
 - ``{split}/reward`` (and under the reward's own name): the reward of completions generated for the split's
   prompts with the ``generation`` settings, scored against the examples; it selects the best checkpoint;
 - ``{split}/completion_length``: mean generated tokens per completion (EOS included);
-- a table of sample generations (epoch, prompt, completion, reference, reward) for the split's first
-  ``generation.log_samples`` examples, appended to the run's ``samples/<split>.json`` at each evaluation.
+- a table of sample generations (prompt, completion, reference, reward; for val also the epoch, numbered as the
+  ``epoch`` metric) for the split's first ``generation.log_samples`` examples, appended to the run's
+  ``samples/<split>.json`` at each evaluation.
 
 Training never generates, so the training split logs ``train/loss`` only (a reward on training prompts would cost a
 generation pass over the whole training set every epoch).
@@ -113,7 +114,9 @@ class SequenceModule(ObjectiveModule):
         generator = None
         if self.generation.do_sample:  # the same draws at every evaluation, so evaluations compare
             generator = torch.Generator(self.device).manual_seed(self.generation.seed)
-        rows: dict[str, list] = {"epoch": [], "prompt": [], "completion": [], "reference": [], "reward": []}
+        rows: dict[str, list] = {"prompt": [], "completion": [], "reference": [], "reward": []}
+        if split == "val":  # the test split is evaluated once, on the best weights
+            rows = {"epoch": [], **rows}
         with context:
             for batch in batches:
                 logits = self.model(batch.ids)
@@ -142,7 +145,8 @@ class SequenceModule(ObjectiveModule):
         epoch = self.current_epoch if self._trainer is not None else 0
         values = scores[:room].tolist()
         for example, completion, value in zip(examples[:room], completions[:room], values):
-            rows["epoch"].append(epoch)
+            if "epoch" in rows:
+                rows["epoch"].append(epoch)
             rows["prompt"].append(example.prompt)
             rows["completion"].append(completion)
             rows["reference"].append(example.completion)

@@ -66,7 +66,7 @@ def test_causal_lm_run_learns_and_mlflow_holds_rewards_perplexity_and_samples(wo
         stored = json.loads(open(path).read())
         tables[split] = [dict(zip(stored["columns"], row)) for row in stored["data"]]
     assert [row["epoch"] for row in tables["val"]] == [9] * 8 + [19] * 8 + [29] * 8
-    assert len(tables["test"]) == 8
+    assert len(tables["test"]) == 8 and "epoch" not in tables["test"][0]
     for split, rows in tables.items():
         assert [r["prompt"] for r in rows[:8]] == [e.prompt for e in splits[split][:8]]
         assert [r["reference"] for r in rows[:8]] == [e.completion for e in splits[split][:8]]
