@@ -7,6 +7,7 @@ Prints one JSON object per line:
   same init), the same tokenised data, the same batches (a seeded permutation, each batch cut to its longest row),
   the same optimizer, loss and epochs, and the same final validation (teacher-forced loss and greedy generation of
   the validation split). Tokens are the real (non-pad) tokens trained on; each side's time is its whole fit.
+  ``--accelerator``/``--precision`` run both sides on a GPU and under ``bf16-mixed`` (autocast) or ``bf16-true``.
   ``ratio`` = rmlab / loop, the median over ``--pairs`` alternating pairs. Goal: >= 0.9.
 - ``lm_generation`` (one line per model): greedy generation of ``--new-tokens`` tokens for a batch of prompts, with the
   KV cache and without (the whole sequence recomputed at every step): ``speedup`` = time without / time with,
@@ -14,8 +15,9 @@ Prints one JSON object per line:
 
 The task is the tiny reversal task of the test suite (``tests/conf/task/tiny_reverse.yaml``), sized up here.
 
-    python bench/lm_benchmark.py                     # about 3 minutes on 2 cores
+    python bench/lm_benchmark.py --threads 1         # about 5 minutes on 2 cores
     python bench/lm_benchmark.py --only generation
+    python bench/lm_benchmark.py --only training --accelerator gpu --precision bf16-mixed   # on a GPU machine
 """
 
 import argparse
@@ -48,6 +50,8 @@ def compose(overrides):
 
 def raw_loop(cfg) -> float:
     """The hand-written loop (see the module docstring). Training tokens/s."""
+    from contextlib import nullcontext
+
     import torch
 
     from rmlab.build import build_components
@@ -57,8 +61,14 @@ def raw_loop(cfg) -> float:
 
     seed_all(cfg.seed)
     parts = build_components(cfg)
-    train, val = parts.splits["train"], parts.splits["val"]
-    model, loss_fn, batch = parts.model, parts.loss, parts.task.batch_size
+    device = torch.device("cuda" if cfg.trainer.accelerator in ("gpu", "cuda") else "cpu")
+    precision = str(cfg.trainer.precision)
+    # What Lightning's precision plugins do: autocast for *-mixed, the model's own dtype for bf16-true.
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else nullcontext()
+    train, val = parts.splits["train"].to(device), parts.splits["val"].to(device)
+    model, loss_fn, batch = parts.model.to(device), parts.loss.to(device), parts.task.batch_size
+    if precision == "bf16-true":
+        model = model.to(torch.bfloat16)
     optimizer = build_optimizer(model.parameters(), dict(cfg.optimizer), cfg.trainer.max_epochs)["optimizer"]
     generator = torch.Generator().manual_seed(cfg.seed)
     tokens = 0
@@ -66,16 +76,18 @@ def raw_loop(cfg) -> float:
     for _ in range(cfg.trainer.max_epochs):
         model.train()
         perm = torch.randperm(len(train), generator=generator)
-        lengths, ids, labels = train.lengths[perm], train.ids[perm], train.labels[perm]
+        lengths = train.lengths[perm]
+        ids, labels = train.ids[perm.to(device)], train.labels[perm.to(device)]
         for i in range(0, len(train), batch):
             width = int(lengths[i:i + batch].max())
-            loss = loss_fn(model(ids[i:i + batch, :width]), labels[i:i + batch, :width])
+            with autocast:
+                loss = loss_fn(model(ids[i:i + batch, :width]), labels[i:i + batch, :width])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         tokens += int(lengths.sum())
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast:
         size = parts.generation.batch_size
         for i in range(0, len(val), size):
             width = int(val.lengths[i:i + size].max())
@@ -93,21 +105,21 @@ def rmlab_run(cfg, store: Path) -> float:
     return train(cfg)["perf/train_tokens_per_s"]
 
 
-def training_case(pairs: int) -> dict:
+def training_case(pairs: int, device_overrides: list[str]) -> dict:
     import torch
 
-    cfg = compose(TRAINING)
+    overrides = TRAINING + device_overrides
     raw, ours = [], []
     with tempfile.TemporaryDirectory() as folder:
         store = Path(folder)
-        rmlab_run(compose(TRAINING), store)  # warm-up: imports, the store's schema, first-call kernels
+        rmlab_run(compose(overrides), store)  # warm-up: imports, the store's schema, first-call kernels
         for _ in range(pairs):
-            raw.append(raw_loop(cfg))
-            ours.append(rmlab_run(compose(TRAINING), store))
+            raw.append(raw_loop(compose(overrides)))
+            ours.append(rmlab_run(compose(overrides), store))
     ratios = [o / r for o, r in zip(ours, raw)]
     return {"case": "lm_training", "raw_tokens_per_s": round(statistics.median(raw)),
             "rmlab_tokens_per_s": round(statistics.median(ours)), "ratio": round(statistics.median(ratios), 3),
-            "pairs": pairs, "threads": torch.get_num_threads()}
+            "pairs": pairs, "threads": torch.get_num_threads(), "device_overrides": device_overrides}
 
 
 def generation_case(name: str, model, new_tokens: int, batch: int, prompt: int, repeats: int) -> dict:
@@ -162,6 +174,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--accelerator", default="cpu", help="training case: cpu or gpu")
+    parser.add_argument("--precision", default="32-true", help="training case: 32-true, bf16-mixed, bf16-true")
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -171,7 +185,8 @@ def main() -> None:
         for row in generation_cases(args.new_tokens, args.batch, args.prompt, args.repeats):
             print(json.dumps(row), flush=True)
     if args.only in (None, "training"):
-        print(json.dumps(training_case(args.pairs)), flush=True)
+        device = [f"trainer.accelerator={args.accelerator}", f"trainer.precision={args.precision}"]
+        print(json.dumps(training_case(args.pairs, device)), flush=True)
 
 
 if __name__ == "__main__":
