@@ -32,10 +32,9 @@ class Generation(NamedTuple):
     ``ids`` int64 (B*K, N): generated tokens, ``pad_id`` after a row's EOS. ``mask`` bool (B*K, N): True up to and
     including the first EOS. ``logprobs`` float32 (B*K, N): log-probability of each generated token under the
     model's distribution at the sampling temperature (``log_softmax(logits / temperature)``; temperature 1 when
-    greedy), before top-k/top-p filtering, 0 where ``mask`` is False: the same quantity as
-    ``rmlab.language_models.token_logprobs(..., temperature=...)``. ``prompt_ids``/``prompt_mask``: the prompts the
-    rows continue (repeated K times), so ``completion_batch(prompt_ids, prompt_mask, ids, mask)`` rebuilds the
-    full sequences.
+    greedy), before top-k/top-p filtering, 0 where ``mask`` is False: the quantity ``rmlab.policy.logprobs``
+    recomputes from a teacher-forced pass over ``cat([prompt_ids, ids])`` at the same temperature.
+    ``prompt_ids``/``prompt_mask``: the prompts the rows continue (repeated K times).
     """
 
     ids: Tensor

@@ -7,6 +7,11 @@
 - ``sequence``: (B, T, V) next-token logits of a language model over prompt + completion token ids; targets are int64
   (B, T) labels, ``labels[b, t]`` the id that position ``t`` must predict where that id is a completion token (EOS
   included), ``IGNORE_INDEX`` on prompt and padding positions (``rmlab.sequence`` holds the whole contract).
+- ``sequence_pair``: a language model on preference pairs (prompt, chosen completion, rejected completion). The output
+  is ``rmlab.losses.preference_lm.PairLogps``: the policy's summed log-probs of the chosen and rejected completions
+  and their token counts, each (B,), from its logits over the batch ``[chosen rows; rejected rows]``
+  (``pair_logps``); the target is the frozen reference policy's ``PairLogps`` of the same pairs (computed once per
+  dataset and cached), or None for a reference-free loss (``needs_reference = False``).
 
 Input types: ``features`` (float (B, D), or (B, 2, D) for pairs), ``tokens`` (int64 token ids (B, L), or
 (B, 2, L) for pairs) which only a text model accepts, or ``text`` (prompts and completions as strings, tokenised by
@@ -21,7 +26,8 @@ LOGITS = "logits"
 VALUE = "value"
 PAIR = "pair"
 SEQUENCE = "sequence"
-ALL_KINDS = (LOGITS, VALUE, PAIR, SEQUENCE)
+SEQUENCE_PAIR = "sequence_pair"
+ALL_KINDS = (LOGITS, VALUE, PAIR, SEQUENCE, SEQUENCE_PAIR)
 FEATURES = "features"
 TOKENS = "tokens"
 TEXT = "text"

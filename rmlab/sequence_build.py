@@ -2,7 +2,8 @@
 tokenised with the model's tokenizer, all checked before anything is tracked (called by ``rmlab.build``).
 
 The task, loss and reward are already built and checked against the ``sequence`` kind there; this adds what only
-sequence tasks need. Reward feedback is refused: policy optimisation of language models is not built yet.
+sequence tasks need. Reward feedback is refused: the policy-optimisation step (``rmlab.policy``) is not wired into
+training yet.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ def build_sequence(cfg: DictConfig, task: Any, info: TaskInfo, loss: Any, reward
 
     if cfg.feedback.name != "none":
         raise IncompatibleError(
-            f"feedback={cfg.feedback.name} does not work on task={info.name} yet: reward feedback on sequence tasks "
-            "(policy optimisation of the language model) is not built. Choices of feedback that work on "
+            f"feedback={cfg.feedback.name} does not work on task={info.name} yet: policy optimisation of a language "
+            "model (rmlab.policy) is not wired into training on sequence tasks. Choices of feedback that work on "
             f"task={info.name}: none")
     check_model_input(cfg.model, info)
     model = instantiate("model", cfg.model)

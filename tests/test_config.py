@@ -6,7 +6,7 @@ import zipfile
 import pytest
 
 from rmlab.build import build_components, group_options
-from rmlab.errors import ConfigError
+from rmlab.errors import ConfigError, IncompatibleError
 from rmlab.paths import CONFIG_DIR
 from tests.conftest import PYTHON, REPO, cli_env, compose_config
 
@@ -25,6 +25,9 @@ SEQUENCE = [f"hydra.searchpath=[file://{REPO}/tests/conf]", "task=tiny_reverse",
 LANGUAGE_MODELS = {"causal_lm": ["model=causal_lm"],
                    "hf_causal_lm": ["model=hf_causal_lm", "model.config=gpt2", "model.width=16", "model.depth=1",
                                     "model.heads=2", "model.max_length=32"]}
+# Language-model options that no packaged task trains until the sequence path lands: they compose and build, and
+# refuse today's tasks naming the choices that work (list a sequence task for them once one ships).
+NO_TASK_YET = {"loss": {"dpo", "simpo", "orpo"}, "feedback": {"grpo", "rloo"}}
 
 
 def options(group):
@@ -59,6 +62,10 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
     if group == "model" and option in LANGUAGE_MODELS:
         overrides = [*SEQUENCE, *LANGUAGE_MODELS[option]]
     cfg = compose_config(*overrides)
+    if option in NO_TASK_YET.get(group, ()):
+        with pytest.raises(IncompatibleError, match=f"{group}={option} .*task=digits.* Choices of {group} that work"):
+            build_components(cfg)
+        return
     parts = build_components(cfg)
     assert parts.info.output_kind in parts.loss.accepts
 

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from rmlab.errors import ConfigError  # noqa: E402
 from rmlab.generation import generate  # noqa: E402
-from rmlab.language_models import completion_batch, token_logprobs  # noqa: E402
+from rmlab.policy import completion_logprobs  # noqa: E402
 from rmlab.language_models.hf import HFCausalLM  # noqa: E402
 from rmlab.run import train  # noqa: E402
 from rmlab.tokenizer import BOS, ByteTokenizer  # noqa: E402
@@ -47,9 +47,9 @@ def test_hf_generation_with_cache_equals_without_and_batched_equals_alone():
     for i, row in enumerate(PROMPTS):
         alone = generate(lm, torch.tensor([row]), torch.ones(1, len(row), dtype=torch.bool), max_new_tokens=12)
         assert torch.equal(cached.ids[i, :alone.ids.shape[1]], alone.ids[0])
-    full, full_mask, labels = completion_batch(cached.prompt_ids, cached.prompt_mask, cached.ids, cached.mask)
-    torch.testing.assert_close(token_logprobs(lm, full, labels, full_mask)[:, ids.shape[1] - 1:-1], cached.logprobs,
-                               atol=1e-5, rtol=1e-5)
+    logits = lm(torch.cat([cached.prompt_ids, cached.ids], 1), torch.cat([cached.prompt_mask, cached.mask], 1))
+    logps, _ = completion_logprobs(logits, ids.shape[1], cached.ids, cached.mask, temperature=1.0)
+    torch.testing.assert_close(logps, cached.logprobs, atol=1e-5, rtol=1e-5)
 
 
 def test_random_init_gpt2_trains_through_the_run_and_is_tracked(workdir):

@@ -6,8 +6,9 @@ import torch
 
 from rmlab.errors import ConfigError
 from rmlab.generation import GenerationConfig, decode, generate
-from rmlab.language_models import CausalLM, completion_batch, token_logprobs
-from rmlab.sequence import IGNORE_INDEX, Tokenizer
+from rmlab.language_models import CausalLM
+from rmlab.policy import GRPO, completion_logprobs, policy_step
+from rmlab.sequence import Tokenizer
 from rmlab.tokenizer import BOS, EOS, PAD, ByteTokenizer
 
 
@@ -199,18 +200,44 @@ def test_top_k_and_top_p_keep_only_the_allowed_tokens():
     torch.testing.assert_close(logprob, logits[0].log_softmax(-1)[everything])
 
 
-def test_generation_logprobs_are_the_models_logprobs_of_the_completion():
-    """What policy optimisation needs: the sampling log-probs equal a fresh teacher-forced pass over prompt +
-    completion (token_logprobs on completion_batch), at the sampling temperature."""
+def test_generation_logprobs_are_the_policys_logprobs_of_the_completion():
+    """What policy optimisation needs: the sampling log-probs equal those rmlab.policy reads off a teacher-forced
+    pass over prompt + completion, at the sampling temperature."""
     lm = model()
     ids, mask = left_pad(PROMPTS)
     out = generate(lm, ids, mask, max_new_tokens=10, do_sample=True, temperature=1.5, num_return_sequences=2,
                    generator=torch.Generator().manual_seed(0))
     assert out.ids.shape[0] == 6 and torch.equal(out.prompt_ids[0], out.prompt_ids[1])
-    full, full_mask, labels = completion_batch(out.prompt_ids, out.prompt_mask, out.ids, out.mask)
-    per_token = token_logprobs(lm, full, labels, full_mask, temperature=1.5)
-    assert (labels != IGNORE_INDEX).sum() == out.mask.sum()
-    torch.testing.assert_close(per_token[:, ids.shape[1] - 1:-1], out.logprobs, atol=1e-5, rtol=1e-5)
+    logits = lm(torch.cat([out.prompt_ids, out.ids], 1), torch.cat([out.prompt_mask, out.mask], 1))
+    logps, _ = completion_logprobs(logits, ids.shape[1], out.ids, out.mask, temperature=1.5)
+    torch.testing.assert_close(logps, out.logprobs, atol=1e-5, rtol=1e-5)
+
+
+def test_policy_step_trains_causal_lm_through_rmlab_generation():
+    """rmlab.policy's shared step on this model and this generation: completions rewarded for ASCII bytes get more of
+    them (the integration the policy-optimisation feedbacks build on)."""
+    lm = model()
+    lm.train()
+    algorithm = GRPO(num_samples=4, num_iterations=1, max_new_tokens=6, temperature=1.0)
+    optimizer = torch.optim.Adam(lm.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+
+    def sample(prompt_ids, prompt_mask, greedy):
+        out = generate(lm, prompt_ids, prompt_mask, do_sample=not greedy, generator=generator, **algorithm.sampling)
+        return out.ids, out.mask
+
+    def update(loss):
+        optimizer.zero_grad()
+        algorithm.combine(None, loss).backward()
+        optimizer.step()
+
+    ids, mask = left_pad(PROMPTS)
+    rewards = []
+    for _ in range(25):
+        metrics = policy_step(algorithm, ids, mask, generate=sample, policy=lm, update=update,
+                              score=lambda c, m, index: ((c < 4 + 128) & m).float().sum(1) / 6)
+        rewards.append(metrics["sampled_reward"].item())
+    assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 0.2
 
 
 def test_generation_config_is_validated():

@@ -135,6 +135,7 @@ def test_sampled_evaluation_is_seeded(workdir):
     (["loss=bradley_terry"], IncompatibleError, "Choices of loss that work on task=tiny_reverse: cross_entropy"),
     (["reward=accuracy"], IncompatibleError, "Choices of reward that work on task=tiny_reverse: "),
     (["feedback=reinforce"], IncompatibleError, "feedback=reinforce does not work on task=tiny_reverse yet"),
+    (["feedback=grpo"], IncompatibleError, "Choices of feedback that work on task=tiny_reverse: none"),
     (["task=digits"], IncompatibleError, "Choices of model that work on task=digits: linear, mlp"),
     (["model.max_length=6"], ConfigError, "train examples are longer than model.max_length=6 tokens"),
     (["loss.class_weights=[1,2]"], ConfigError, "per-class weights do not apply to sequence tasks"),

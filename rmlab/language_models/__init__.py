@@ -2,11 +2,11 @@
 tokenizer) and ``hf_causal_lm`` (``hf.HFCausalLM``, transformers; imported only when configured).
 
 ``base`` holds the interface both implement (``forward(ids, attention_mask, cache) -> logits``, ``new_cache``,
-``tokenizer``, ``max_length``) and the helpers built on it: ``token_logprobs`` (per-token log-probabilities of given
-completions) and ``completion_batch`` (prompts + generated completions as one batch for it).
+``tokenizer``, ``max_length``); ``rmlab.generation`` generates with it and ``rmlab.policy.logprobs`` reads
+log-probabilities of given completions off its logits.
 """
 
-from rmlab.language_models.base import LanguageModel, completion_batch, positions_from_mask, token_logprobs
+from rmlab.language_models.base import LanguageModel, positions_from_mask
 from rmlab.language_models.causal_lm import CausalLM
 
-__all__ = ["CausalLM", "LanguageModel", "completion_batch", "positions_from_mask", "token_logprobs"]
+__all__ = ["CausalLM", "LanguageModel", "positions_from_mask"]
