@@ -20,14 +20,21 @@ PAIR_OPTIONS = {
     "reward": {"preference_accuracy", "reward_margin", "true_reward_spearman", "preference_neg_ece"},
 }
 NEED_A_PATH = {"csv", "preference_file"}
-# Language models read a sequence task (tests/conf holds a tiny one).
-SEQUENCE = [f"hydra.searchpath=[file://{REPO}/tests/conf]", "task=tiny_reverse", "reward=tiny_exact_match"]
-LANGUAGE_MODELS = {"causal_lm": ["model=causal_lm"],
-                   "hf_causal_lm": ["model=hf_causal_lm", "model.config=gpt2", "model.width=16", "model.depth=1",
-                                    "model.heads=2", "model.max_length=32"]}
-# Language-model options that no packaged task trains until the sequence path lands: they compose and build, and
-# refuse today's tasks naming the choices that work (list a sequence task for them once one ships).
+# Language-model options that no packaged task trains yet: they compose and build, and refuse today's tasks naming
+# the choices that work (the preference losses need a sequence_pair task; policy feedback is not wired into training).
 NO_TASK_YET = {"loss": {"dpo", "simpo", "orpo"}, "feedback": {"grpo", "rloo"}}
+# Sequence tasks (the file tasks given a file, reasoning_gym a dataset) build with a language model and a text reward;
+# their own configs are tested in test_sequence_tasks.py.
+SEQUENCE_TASKS = {"copy", "reverse", "sort", "addition", "reasoning_gym", "text_classification", "qa", "translation",
+                  "summarisation", "dialogue", "completion_file", "text_classification_file"}
+LM = ["model=causal_lm", "model.width=16", "model.depth=1", "model.heads=2"]
+LANGUAGE_MODELS = {"causal_lm": LM,
+                   "hf_causal_lm": ["model=hf_causal_lm", "model.config=gpt2", "model.width=16", "model.depth=1",
+                                    "model.heads=2", "model.max_length=64"]}
+# Text rewards, each on a task it works on (the others: any sequence task).
+TEXT_REWARDS = {"exact_match", "token_f1", "bleu", "chrf", "rouge_l", "neg_edit_distance", "verifier",
+                "label_accuracy"}
+TEXT_REWARD_TASK = {"verifier": "addition", "label_accuracy": "text_classification"}
 
 
 def options(group):
@@ -60,7 +67,11 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
         extra = ["task=preference_file", "model=text_transformer", *PAIR[1:]]
         overrides += [o for o in extra if o not in overrides] + [f"task.path={path}"]
     if group == "model" and option in LANGUAGE_MODELS:
-        overrides = [*SEQUENCE, *LANGUAGE_MODELS[option]]
+        overrides = ["task=reverse", "task.n_examples=100", "reward=exact_match", *LANGUAGE_MODELS[option]]
+    if group == "task" and option in SEQUENCE_TASKS:
+        overrides += [*sequence_task_overrides(option, tmp_path), *LM, "reward=exact_match"]
+    if group == "reward" and option in TEXT_REWARDS:
+        overrides += [f"task={TEXT_REWARD_TASK.get(option, 'reverse')}", "task.n_examples=100", *LM]
     cfg = compose_config(*overrides)
     if option in NO_TASK_YET.get(group, ()):
         with pytest.raises(IncompatibleError, match=f"{group}={option} .*task=digits.* Choices of {group} that work"):
@@ -68,6 +79,21 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
         return
     parts = build_components(cfg)
     assert parts.info.output_kind in parts.loss.accepts
+
+
+def sequence_task_overrides(option, tmp_path):
+    if option == "reasoning_gym":
+        pytest.importorskip("reasoning_gym")
+        return ["task.dataset=spell_backward", "task.n_examples=30"]
+    if option == "completion_file":
+        path = tmp_path / "sft.jsonl"
+        path.write_text("".join(f'{{"prompt": "q{i}", "completion": "a{i}"}}\n' for i in range(40)))
+        return [f"task.path={path}"]
+    if option == "text_classification_file":
+        path = tmp_path / "labels.csv"
+        path.write_text("text,label\n" + "".join(f"t{i},{i % 2}\n" for i in range(40)))
+        return [f"task.path={path}"]
+    return ["task.n_examples=100"]
 
 
 def test_group_options_lists_packaged_configs():

@@ -39,7 +39,12 @@ SMALL = {"synthetic_classification": ["task.n_samples=300"], "synthetic_regressi
          "synthetic_preference": ["task.n_pairs=300"], "diabetes_preference": ["task.n_pairs=300"]}
 
 
-@pytest.mark.parametrize("task", options("task"))
+# Sequence tasks train through the language models (not landed yet); every reward is still tried on the others.
+SEQUENCE_TASKS = {o for o in options("task")
+                  if OmegaConf.load(CONFIG_DIR / "task" / f"{o}.yaml")._target_.startswith("rmlab.tasks.sequence.")}
+
+
+@pytest.mark.parametrize("task", [t for t in options("task") if t not in SEQUENCE_TASKS])
 def test_grid(task, tmp_path_factory):
     # Composing once per task and swapping in each loss/reward YAML (leaf configs with no defaults list) is what
     # compose would give, 60 ms faster per cell; test_config composes every option through Hydra itself.
