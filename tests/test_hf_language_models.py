@@ -52,6 +52,7 @@ def test_hf_generation_with_cache_equals_without_and_batched_equals_alone():
     torch.testing.assert_close(logps, cached.logprobs, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_random_init_gpt2_trains_through_the_run_and_is_tracked(workdir):
     results = train(compose_config(*tiny(*GPT2), "trainer.max_epochs=4", "optimizer.lr=3e-3"))
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")

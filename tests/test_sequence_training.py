@@ -41,6 +41,7 @@ def plain_greedy(lm, prompt: list[int], max_new: int) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 def test_causal_lm_run_learns_and_mlflow_holds_rewards_perplexity_and_samples(workdir):
     cfg = compose_config(*TINY, "trainer.max_epochs=30", "trainer.check_val_every_n_epoch=10")
     results = train(cfg)
@@ -151,6 +152,7 @@ def test_what_cannot_work_fails_at_start_up_naming_what_does(workdir, overrides,
     assert not (workdir / "mlflow.db").exists()  # nothing tracked
 
 
+@pytest.mark.slow
 def test_command_line_refuses_an_incompatible_model_with_exit_code_2(workdir):
     done = subprocess.run([PYTHON, "-m", "rmlab", *tiny("model=mlp")], cwd=workdir, env=cli_env(),
                           capture_output=True, text=True, timeout=300)
