@@ -13,24 +13,31 @@ import random
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rmlab.build import Components, build_components
 from rmlab.console import compact_config, result_block
 from rmlab.errors import ConfigError
 from rmlab.kinds import SEQUENCE
 from rmlab.provenance import command_line, job_context, run_name, run_tags
+from rmlab.validate import validate_config
+
+if TYPE_CHECKING:
+    from rmlab.build import Components
 
 log = logging.getLogger("rmlab")
+# torch, numpy and the component modules are imported inside the functions that need them, so that rmlab.validate
+# reports a config error without waiting for them to load.
 
 
 def seed_all(seed: int) -> None:
+    """Seed Python, numpy and torch (``seed`` is validated first: an integer in [0, 2**32 - 1])."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed)
     torch.manual_seed(seed)
 
 
@@ -53,6 +60,8 @@ def set_threads(cfg: DictConfig, context: dict[str, Any]) -> None:
         cores = os.cpu_count() or 1
         threads = max(1, cores // (cores if jobs < 1 else jobs))
     if threads is not None:
+        import torch
+
         torch.set_num_threads(int(threads))
 
 
@@ -111,7 +120,7 @@ def device_count(devices: Any) -> int | None:
 
 def validate_for_context(cfg: DictConfig, context: dict[str, Any]) -> None:
     """Refuse what silently misbehaves inside a multirun: DDP re-runs the whole command line in every rank, which then
-    starts its own sweep (with an Optuna sweeper, ranks of one group trained different configs: FACTS.md)."""
+    starts its own sweep (with an Optuna sweeper, ranks of one group trained different configs: docs/design.md)."""
     count = device_count(cfg.trainer.devices)
     if context.get("multirun") and (count is None or count > 1):
         raise ConfigError(
@@ -127,24 +136,28 @@ def global_rank() -> int:
 
 
 def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
-    """Run one experiment described by a composed config. Returns the test metrics, ``val/best_reward`` and the
-    MLflow ``run_id`` (None when untracked). Raises ConfigError before anything is recorded if the config is bad
-    (inside a sweep, the failed job is recorded as a FAILED child run so the sweep's summary counts it)."""
+    """Run one experiment described by a composed config. Returns the test metrics, ``val/selected_reward`` (the
+    validation reward of the tested weights, see ``selection_metrics``) and the MLflow ``run_id`` (None when
+    untracked). Raises ConfigError before anything is recorded if the config is bad (inside a sweep, the failed job
+    is recorded as a FAILED child run so the sweep's summary counts it)."""
     context = job_context()
     # One MLflow run per experiment: under DDP only rank 0 tracks (every rank runs this function).
-    tracked = cfg.logger.name == "mlflow" and not cfg.trainer.fast_dev_run and global_rank() == 0
+    tracked = cfg.logger.get("name") == "mlflow" and not cfg.trainer.get("fast_dev_run") and global_rank() == 0
     if parent_run_id is None and tracked and context["multirun"]:
         from rmlab.sweep import parent_run_id as sweep_parent
 
         parent_run_id = sweep_parent(context["sweep_dir"])
-    seed_all(cfg.seed)
     try:
+        validate_config(cfg)  # before seeding (a seed of 2**64 must be a config error) and before torch loads
         validate_for_context(cfg, context)
+        seed_all(cfg.seed)
+        from rmlab.build import build_components
+
         parts: Components = build_components(cfg)
         set_threads(cfg, context)
     except ConfigError as err:
         if tracked and parent_run_id:
-            _record_failed_job(cfg, run_tags(cfg, context), parent_run_id, err)
+            _record_failed_job(cfg, _tags_of_invalid(cfg, context), parent_run_id, err)
         raise
     log.info(compact_config(cfg))
 
@@ -194,8 +207,7 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         fit_s = time.perf_counter() - started
         validation.restore(module)  # test the weights with the best val/reward (if kept)
         results: dict[str, Any] = module.evaluate("test", data.test_batches())
-        if validation.best_score is not None:
-            results["val/best_reward"] = validation.best_score
+        results.update(selection_metrics(validation))
         saved = validation.save(out / "checkpoints" / "best.ckpt") if trainer.is_global_zero else None
         if tracker is not None and cfg.logger.log_checkpoint and saved is not None:
             tracker.log_artifact(saved, "checkpoints")
@@ -207,8 +219,9 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         if module.first_step_time is not None:
             results["perf/first_step_unix"] = module.first_step_time
         if tracker is not None:
-            final = {k: v for k, v in results.items() if k == "val/best_reward" or k.startswith("perf/")}
+            final = {k: v for k, v in results.items() if k in SELECTION_KEYS or k.startswith("perf/")}
             tracker.log_metrics(final, step=trainer.global_step)
+            tracker.set_tags({"rmlab.selection": validation.selected()[0]})
     except BaseException as err:
         if tracker is not None:
             status, reason = _ending(err)
@@ -224,7 +237,8 @@ def _module_and_data(cfg: DictConfig, parts: Components):
     """The LightningModule and the DataModule of the task's output kind."""
     common = dict(optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True), max_epochs=cfg.trainer.max_epochs,
                   log_every_n_steps=cfg.trainer.log_every_n_steps, batch_size=parts.task.batch_size,
-                  gradient_clip_val=cfg.trainer.gradient_clip_val)
+                  gradient_clip_val=cfg.trainer.gradient_clip_val,
+                  accumulate_grad_batches=cfg.trainer.accumulate_grad_batches)
     if parts.info.output_kind == SEQUENCE:
         from rmlab.sequence_module import SequenceDataModule, SequenceModule
 
@@ -243,6 +257,19 @@ def _module_and_data(cfg: DictConfig, parts: Components):
     return module, data
 
 
+SELECTION_KEYS = ("val/selected_reward", "val/selected_epoch", "val/best_reward", "val/last_reward")
+
+
+def selection_metrics(validation) -> dict[str, float]:
+    """The validation reward of the tested weights, under one name for every run (``val/selected_reward``, what
+    sweeps select on) and under a name that says which epoch it is: ``val/best_reward`` (the best weights were kept
+    and tested) or ``val/last_reward`` (trainer.checkpoint.enabled=false: the last weights)."""
+    selection, score, epoch = validation.selected()
+    if score is None:  # no validation ran
+        return {}
+    return {"val/selected_reward": score, "val/selected_epoch": epoch, f"val/{selection}_reward": score}
+
+
 def _ending(err: BaseException) -> tuple[str, str]:
     """MLflow status and reason for a run that ended with ``err``."""
     if type(err).__name__ == "TrialPruned":
@@ -252,12 +279,39 @@ def _ending(err: BaseException) -> tuple[str, str]:
     return "FAILED", f"{type(err).__name__}: {err}"
 
 
-def _record_failed_job(cfg: DictConfig, tags: dict[str, str], parent_run_id: str, err: Exception) -> None:
-    """A sweep job whose config is invalid still gets a (FAILED) child run, so the sweep's summary counts it."""
-    from rmlab.tracking import Tracker
+def _tags_of_invalid(cfg: DictConfig, context: dict[str, Any]) -> dict[str, str]:
+    """The tags of a job whose config failed validation: the usual ones where the config allows computing them,
+    else what places the job in its sweep (its overrides, so the summary counts it in its cell)."""
+    try:
+        return run_tags(cfg, context)
+    except Exception:  # e.g. a missing task.path or an interpolation that does not resolve
+        import shlex
 
-    tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment)
-    tracker.start(run_name(cfg), tags, parent_run_id=parent_run_id)
+        return {"sweep_id": str(context["sweep_dir"]), "rmlab.job_num": str(context["job_num"]),
+                "rmlab.overrides": shlex.join(context["overrides"]), "mlflow.source.name": "rmlab"}
+
+
+def _record_failed_job(cfg: DictConfig, tags: dict[str, str], parent_run_id: str, err: Exception) -> None:
+    """A sweep job whose config is invalid still gets a (FAILED) child run, so the sweep's summary counts it. A job
+    whose ``experiment`` or ``logger`` is the invalid part is recorded in its parent's experiment and store."""
+    from rmlab.tracking import Tracker, client_for, resolve_tracking_uri
+
+    uri = cfg.logger.get("tracking_uri") if cfg.logger.get("name") == "mlflow" else None
+    experiment = cfg.get("experiment")
+    try:
+        uri = resolve_tracking_uri(uri if isinstance(uri, str) and uri else None)
+        if not isinstance(experiment, str) or not experiment.strip():
+            client = client_for(uri)
+            experiment = client.get_experiment(client.get_run(parent_run_id).info.experiment_id).name
+    except Exception as lookup:  # the parent is not in that store either: nothing to attach the job to
+        log.warning(f"Failed job not recorded: {type(lookup).__name__}: {lookup}")
+        return
+    try:
+        name = str(run_name(cfg))
+    except Exception:
+        name = f"job-{tags.get('rmlab.job_num', '?')}"
+    tracker = Tracker(uri, experiment)
+    tracker.start(name, tags, parent_run_id=parent_run_id)
     tracker.finish("FAILED", error=f"{type(err).__name__}: {err}")
 
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rmlab.errors import IncompatibleError
-from rmlab.generation import GenerationConfig
+from rmlab.generation_config import GenerationConfig
 from rmlab.kinds import TaskInfo
 from rmlab.sequence_data import tokenize_split
 
 
-def build_sequence(cfg: DictConfig, task: Any, info: TaskInfo, loss: Any, reward: Any, generation: GenerationConfig):
+def build_sequence(cfg: DictConfig, task: Any, info: TaskInfo, loss: Any, reward: Any):
     """``Components`` of a sequence task's run (``model`` is the language model itself, no output head)."""
     from rmlab.build import Components, check_model_input, instantiate
 
@@ -27,6 +27,7 @@ def build_sequence(cfg: DictConfig, task: Any, info: TaskInfo, loss: Any, reward
             f"feedback={cfg.feedback.name} does not work on task={info.name} yet: policy optimisation of a language "
             "model (rmlab.policy) is not wired into training on sequence tasks. Choices of feedback that work on "
             f"task={info.name}: none")
+    generation = GenerationConfig.from_config(OmegaConf.to_container(cfg.generation, resolve=True))
     check_model_input(cfg.model, info)
     model = instantiate("model", cfg.model)
     splits = {name: tokenize_split(examples, model.tokenizer, model.max_length, name, info.name)

@@ -2,7 +2,8 @@
 ``SequenceDataModule`` (a task's tokenised splits on the training device).
 
 ``SequenceModule`` is an ``ObjectiveModule``: the same chunked manual optimisation (one optimizer step per batch of
-a chunk, clipping, precision, DDP through Lightning), the same loss bookkeeping, NaN check and per-step logging. What
+a chunk, or per ``accumulate_grad_batches`` batches, each batch weighed by its share of the group's sequences;
+clipping, precision, DDP through Lightning), the same loss bookkeeping, NaN check and per-step logging. What
 differs is what a batch is (``rmlab.sequence_data``) and what evaluation does:
 
 - ``{split}/loss``: the loss, teacher-forced on the reference completions;
@@ -45,10 +46,11 @@ class SequenceModule(ObjectiveModule):
 
     def __init__(self, model: torch.nn.Module, loss: torch.nn.Module, reward: Any, info: TaskInfo,
                  optimizer: dict[str, Any], max_epochs: int, log_every_n_steps: int, batch_size: int,
-                 generation: GenerationConfig, gradient_clip_val: float | None = None) -> None:
+                 generation: GenerationConfig, gradient_clip_val: float | None = None,
+                 accumulate_grad_batches: int = 1) -> None:
         super().__init__(model, loss, reward, info, optimizer=optimizer, max_epochs=max_epochs,
                          log_every_n_steps=log_every_n_steps, batch_size=batch_size,
-                         gradient_clip_val=gradient_clip_val)
+                         gradient_clip_val=gradient_clip_val, accumulate_grad_batches=accumulate_grad_batches)
         self.generation = generation
         self.tokenizer = model.tokenizer
         self.tokens_trained = 0
@@ -66,17 +68,17 @@ class SequenceModule(ObjectiveModule):
         self.samples_trained += ids.shape[0]
         self.tokens_trained += tokens
         optimizer = self.optimizers()
-        losses, sizes = [], []
+        losses, sizes, steps = [], [], []
         first_step = self.global_step
         for step, width in enumerate(widths):
             start = step * self.batch_size
             x = ids[start:start + self.batch_size, :width]
             y = labels[start:start + self.batch_size, :width]
             loss = self.loss_fn(self.model(x), y)
-            self._optimize(optimizer, loss)
+            steps.append(self._optimize(optimizer, loss, x.shape[0]))
             losses.append(loss.detach())
             sizes.append(x.shape[0])
-        self._accumulate_chunk(None, labels, torch.stack(losses).float(), sizes, first_step)
+        self._accumulate_chunk(None, labels, torch.stack(losses).float(), sizes, steps, first_step)
 
     def _accumulate(self, split: str, output: Tensor | None, target: Tensor, loss_sum: Tensor) -> None:
         """Add ``loss_sum`` (summed over the ``target`` rows) to the split's loss; the reward is booked apart."""

@@ -1,9 +1,9 @@
 """Sweeps as MLflow sees them: one parent run per multirun, each job a child run.
 
 The launching process opens the parent run (``SweepCallback.on_multirun_start``) before any job starts, after creating
-the store and the experiment once (a fresh sqlite store opened by parallel jobs fails: FACTS.md), and writes its id to
-``<sweep dir>/mlflow_parent_run_id``; each job reads that file, so the link works for every launcher whose jobs see
-the sweep directory (in-process, joblib, submitit).
+the store and the experiment once (a fresh sqlite store opened by parallel jobs fails: docs/design.md), and writes its
+id to ``<sweep dir>/mlflow_parent_run_id``; each job reads that file, so the link works for every launcher whose jobs
+see the sweep directory (in-process, joblib, submitit).
 
 When every job has returned (``on_multirun_end``) the callback reads the parent's children back, writes the summary
 (``rmlab.summary``: one row per cell of seeds) into the sweep directory and onto the parent, and closes the parent
@@ -37,32 +37,45 @@ def parent_run_id(sweep_dir: str | Path) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
+# Tags of a run that describe its result (which weights were tested), carried over with its metrics when reused.
+RESULT_TAGS = ("rmlab.selection",)
+
+
 def reuse_finished_run(tracker, cfg, run_name: str, tags: dict[str, str], parent_run_id: str) -> dict | None:
-    """If a run with this job's config hash already FINISHED in the experiment (an interrupted sweep re-run), record
-    a child of the new sweep that points at it (tag ``rmlab.reused_from``) and carries its params and final metrics,
-    and return those metrics; else None. The job is then not trained again."""
+    """If a run with this job's reuse key (``rmlab.provenance``: config, rmlab's code, the data file, library
+    versions) already FINISHED in the experiment (an interrupted sweep re-run), record a child of the new sweep that
+    points at it (tag ``rmlab.reused_from``) and carries its params, result tags and the full history of every metric
+    (each step, as the original logged it), and return its final metrics; else None. The job is then not trained
+    again. A job without a reuse key is always trained."""
     from mlflow.entities import Metric, Param
 
+    key = tags.get("rmlab.reuse_key")
+    if not key:
+        return None
     tracker.experiment_id = tracker.experiment_id or _experiment_id(tracker)
     if tracker.experiment_id is None:
         return None
-    found = tracker.client.search_runs(
+    client = tracker.client
+    found = client.search_runs(
         [tracker.experiment_id],
-        # Same config and same code: a run from before a code change is trained again.
-        filter_string=(f"tags.`rmlab.config_hash` = '{tags['rmlab.config_hash']}' and "
-                       f"tags.`mlflow.source.git.commit` = '{tags['mlflow.source.git.commit']}' and "
-                       "attributes.status = 'FINISHED'"),
+        filter_string=f"tags.`rmlab.reuse_key` = '{key}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=1)
     if not found:
         return None
     original = found[0]
-    tracker.start(run_name, {**tags, "rmlab.reused_from": original.info.run_id}, parent_run_id=parent_run_id)
-    metrics = dict(original.data.metrics)
-    tracker.client.log_batch(
-        tracker.run_id, params=[Param(k, v) for k, v in original.data.params.items()],
-        metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in metrics.items()], synchronous=True)
+    history = [Metric(m.key, m.value, m.timestamp, m.step) for name in sorted(original.data.metrics)
+               for m in client.get_metric_history(original.info.run_id, name)]
+    carried = {k: v for k, v in original.data.tags.items() if k in RESULT_TAGS}
+    tracker.start(run_name, {**tags, **carried, "rmlab.reused_from": original.info.run_id},
+                  parent_run_id=parent_run_id)
+    try:
+        client.log_batch(tracker.run_id, params=[Param(k, v) for k, v in original.data.params.items()],
+                         metrics=history, synchronous=True)
+    except BaseException as err:
+        tracker.finish("FAILED", error=f"copying the reused run failed: {type(err).__name__}: {err}")
+        raise
     tracker.finish("FINISHED")
-    return {**metrics, "run_id": tracker.run_id, "reused_from": original.info.run_id}
+    return {**dict(original.data.metrics), "run_id": tracker.run_id, "reused_from": original.info.run_id}
 
 
 def _experiment_id(tracker) -> str | None:
@@ -128,7 +141,7 @@ class SweepCallback(Callback):
         self.fixed = [o.get_key_element() for o in OverridesParser.create().parse_overrides(overrides)
                       if not o.is_sweep_override()]
         # Creating the store and the experiment here, before any job starts, is what keeps parallel jobs from racing
-        # to create a fresh sqlite schema (FACTS.md).
+        # to create a fresh sqlite schema (docs/design.md).
         tracker = Tracker(self.uri, self.experiment)
         # Hydra's default sweep dir ends in <date>/<time>: a bare time would not tell two days' sweeps apart.
         name = self.sweep_dir.name
@@ -257,7 +270,7 @@ class SweepCallback(Callback):
         from rmlab import summary
 
         trials = self.optuna is not None
-        objective = self.optuna["objective"] if trials else "val/best_reward"
+        objective = self.optuna["objective"] if trials else summary.SELECTION_METRIC
         maximize = self.optuna["maximize"] if trials else True
         metrics = list(summary.METRICS) + ([objective] if objective not in summary.METRICS else [])
         records = [_job_record(run, status_of[run.info.run_id]) for run in children]

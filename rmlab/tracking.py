@@ -1,6 +1,6 @@
 """MLflow tracking: the store, the experiment, one run's params, tags, metrics, artifacts and final status.
 
-Rules this module keeps (see FACTS.md for why):
+Rules this module keeps (docs/design.md says why):
 - the store is ``logger.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``: the file
   that ``mlflow ui`` opens when started in the same directory. Never the file store that Lightning defaults to.
 - experiments on a local sqlite store get an absolute artifact location beside the database (``mlartifacts/``).
@@ -126,7 +126,7 @@ class Tracker:
         return self.run_id
 
     def log_params(self, params: Mapping[str, str]) -> None:
-        # Synchronous: concurrent async batches logging one param key race and are dropped silently (FACTS.md).
+        # Synchronous: concurrent async batches logging one param key race and are dropped silently (docs/design.md).
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()], synchronous=True)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:

@@ -4,6 +4,7 @@ import subprocess
 import zipfile
 
 import pytest
+import torch
 
 from rmlab.build import build_components, group_options
 from rmlab.errors import ConfigError, IncompatibleError
@@ -73,6 +74,10 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
     if group == "reward" and option in TEXT_REWARDS:
         overrides += [f"task={TEXT_REWARD_TASK.get(option, 'reverse')}", "task.n_examples=100", *LM]
     cfg = compose_config(*overrides)
+    if (group, option) == ("trainer", "gpu") and not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="trainer.accelerator=gpu but this machine has no CUDA GPU"):
+            build_components(cfg)  # refused before anything is created, not by Lightning once the run is open
+        return
     if option in NO_TASK_YET.get(group, ()):
         with pytest.raises(IncompatibleError, match=f"{group}={option} .*task=digits.* Choices of {group} that work"):
             build_components(cfg)

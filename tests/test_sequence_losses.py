@@ -23,7 +23,7 @@ def batch():
     return logits, labels
 
 
-LOSSES = [losses.CrossEntropy(), losses.CrossEntropy(label_smoothing=0.2), losses.Focal(gamma=2.0, alpha=0.5),
+LOSSES = [losses.CrossEntropy(), losses.CrossEntropy(label_smoothing=0.2), losses.Focal(gamma=2.0),
           losses.GCE(q=0.7), losses.SCE(alpha=0.1, beta=1.0), losses.NCERCE(alpha=1.0, beta=1.0)]
 
 
@@ -70,7 +70,9 @@ def test_average_is_validated_and_class_weights_refused_on_sequences():
         losses.CrossEntropy(class_weights=[1.0, 2.0]).check_task(SEQUENCE_INFO)
     with pytest.raises(ConfigError, match="focal: per-class weights do not apply to sequence tasks"):
         losses.Focal(alpha=[1.0, 2.0]).check_task(SEQUENCE_INFO)
-    losses.Focal(alpha=0.5).check_task(SEQUENCE_INFO)  # a scalar alpha is fine
+    with pytest.raises(ConfigError, match="focal: per-class weights do not apply to sequence tasks"):
+        losses.Focal(alpha=0.5).check_task(SEQUENCE_INFO)  # a binary task's class balance: no meaning either
+    losses.Focal(gamma=1.0).check_task(SEQUENCE_INFO)
 
 
 def test_which_losses_accept_sequences():

@@ -547,6 +547,13 @@ def test_bad_csv_and_parquet_rows_are_named(tmp_path):
         CompletionFile(path=str(broken)).load()
 
 
+def test_a_csv_with_a_repeated_column_is_refused(tmp_path):
+    csv = tmp_path / "dup.csv"
+    csv.write_text("prompt,completion,completion\n" + "q,a,b\n" * 20)
+    with pytest.raises(DataError, match=r"column name\(s\) 'completion' appear more than once in the header"):
+        CompletionFile(path=str(csv)).load()
+
+
 def test_file_errors_reach_a_composed_run_config(tmp_path):
     """What a user sees: the error from a composed config, before any data is used."""
     path = write_completions(tmp_path / "sft.jsonl")

@@ -17,7 +17,7 @@ from typing import Any
 
 from rmlab.errors import ConfigError, DataError
 from rmlab.sequence import TextExample
-from rmlab.tasks.files import check_user_file
+from rmlab.tasks.files import check_unique_columns, check_user_file
 from rmlab.tasks.sequence.base import SequenceTask
 from rmlab.tasks.sequence.labels import LabelledTask
 
@@ -61,6 +61,7 @@ def _read_jsonl(path: Path, error: Callable[[str], DataError]) -> Rows:
 def _read_table(path: Path, fmt: str, error: Callable[[str], DataError]) -> Rows:
     import pandas as pd
 
+    check_unique_columns(path, fmt, error)  # pandas would rename a repeated column (a, a.1) without a word
     try:
         # Every CSV cell as text, and an empty cell as "" (not NaN): "nan" or "123" are completions too.
         df = pd.read_csv(path, dtype=str, keep_default_na=False) if fmt == "csv" else pd.read_parquet(path)
