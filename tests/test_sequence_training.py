@@ -158,3 +158,15 @@ def test_command_line_refuses_an_incompatible_model_with_exit_code_2(workdir):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert "Choices of model that work on task=tiny_reverse: causal_lm, hf_causal_lm" in done.stderr
+
+
+def test_gradient_accumulation_equals_a_larger_batch(workdir):
+    """Two accumulated batches of 8 sequences take the step one batch of 16 takes (the same examples in the same
+    order): each batch's loss is weighed by its share of the group's sequences, exact with per-sequence averaging."""
+    common = [*TINY, "loss.average=sequence", "trainer.max_epochs=2", "logger=none"]
+    accumulated = train(compose_config(*common, "task.batch_size=8", "trainer.accumulate_grad_batches=2"))
+    large = train(compose_config(*common, "task.batch_size=16"))
+    assert accumulated["test/loss"] == pytest.approx(large["test/loss"], rel=1e-4)
+    assert accumulated["test/perplexity"] == pytest.approx(large["test/perplexity"], rel=1e-4)
+    single = train(compose_config(*common, "task.batch_size=8"))
+    assert single["test/loss"] != pytest.approx(large["test/loss"], rel=1e-4)  # the comparison can fail
