@@ -1,19 +1,26 @@
 """rmlab against a hand-written PyTorch loop: same model, data, batch size, epochs, optimizer and seed.
 
 Prints one JSON object per line:
-- one per case (``overhead_bound``: the default run, a small MLP on digits; ``compute_bound``: a wide MLP on a larger
-  synthetic task) with ``case``, ``raw_samples_per_s``, ``rmlab_samples_per_s``, ``ratio`` (rmlab / raw), medians
-  over ``--pairs`` alternating pairs. rmlab runs through its configs and ``rmlab.run.train`` (what ``python -m rmlab``
-  calls) with MLflow tracking on, into a temporary store; its samples/s is over the whole fit (training, per-epoch
-  validation, logging), the raw loop's over its training plus the same per-epoch validation;
+- one per case (``overhead_bound``: the default run, a small MLP on digits; ``few_seconds``: the same for 200 epochs;
+  ``compute_bound``: a wide MLP on a larger synthetic task), medians over ``--pairs`` alternating pairs, each with two
+  ratios (rmlab samples/s over the raw loop's):
+  - ``fit_ratio``: rmlab's ``perf/fit_s`` (its whole fit: training, per-epoch validation, logging) against the raw
+    loop's training plus the same per-epoch validation;
+  - ``run_ratio``: rmlab from the creation of its MLflow run to the end of ``Tracker.finish`` (params, config and
+    command uploaded, fit, test, best checkpoint written, the final flush of every metric, the run closed) against
+    the raw loop from its first step to its results written (the same training and validation, the test split
+    evaluated, the weights saved with ``torch.save`` and the per-epoch numbers written as JSON).
+  rmlab runs through its configs and ``rmlab.run.train`` (what ``python -m rmlab`` calls) with MLflow tracking on,
+  into a temporary sqlite store;
 - ``startup``: wall time of a whole default run (``python -m rmlab``), the time from the command to its first
   training step, of ``python -m rmlab --help``, and of a command with a config error until its one-line error;
 - ``sweep_tiny`` / ``sweep_small``: a 12-job sweep in one ``python -m rmlab -m`` command, of tiny runs (wine, 5
-  epochs) and of default runs: wall time per job (the sweep's start-up included), against one standalone run's wall
-  time and against the pure training time (fit) of a job.
+  epochs) and of default runs: wall time per job (the sweep's start-up included, and after it), against one
+  standalone run's wall time and against the pure training time (fit) of a job.
 
-    python bench/benchmark.py                    # everything (about 5 minutes on 2 cores)
+    python bench/benchmark.py                    # everything (about 6 minutes on 2 cores)
     python bench/benchmark.py --only cases --pairs 5
+    python bench/benchmark.py --only sweep
 """
 
 import argparse
@@ -31,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 CASES = {
     "overhead_bound": ["task=digits", "model=mlp"],
+    "few_seconds": ["task=digits", "model=mlp", "trainer.max_epochs=200"],
     "compute_bound": ["task=synthetic_classification", "task.n_samples=20000", "task.n_features=256",
                       "task.n_informative=64", "task.n_classes=10", "task.batch_size=256",
                       "model.hidden_sizes=[1024,1024,1024]", "trainer.max_epochs=3"],
@@ -47,8 +55,10 @@ def compose(overrides):
         return hydra_compose("config", overrides=list(overrides))
 
 
-def raw_loop(cfg) -> float:
-    """The hand-written loop: data as tensors, index slices, Adam, per-epoch validation accuracy. Samples/s."""
+def raw_loop(cfg, out_dir: Path) -> tuple[float, float]:
+    """The hand-written loop: data as tensors, index slices, Adam, per-epoch validation accuracy; then the test split
+    evaluated, the weights saved and the numbers written. Returns (training samples/s over the fit, samples/s from
+    the first step to the results written)."""
     import torch
 
     from rmlab.build import build_components
@@ -63,6 +73,7 @@ def raw_loop(cfg) -> float:
     model, loss_fn, batch = parts.model, parts.loss, parts.task.batch_size
     optimizer = build_optimizer(model.parameters(), dict(cfg.optimizer), cfg.trainer.max_epochs)["optimizer"]
     generator = torch.Generator().manual_seed(cfg.seed)
+    history = []
     started = time.perf_counter()
     for _ in range(cfg.trainer.max_epochs):
         model.train()
@@ -75,41 +86,82 @@ def raw_loop(cfg) -> float:
             optimizer.step()
         model.eval()
         with torch.no_grad():
-            accuracy = (model(xv).argmax(1) == yv).float().mean().item()
-    elapsed = time.perf_counter() - started
-    assert accuracy == accuracy  # the value is used: the last evaluation is not optimised away
-    return len(x) * cfg.trainer.max_epochs / elapsed
+            history.append((model(xv).argmax(1) == yv).float().mean().item())
+    fitted = time.perf_counter()
+    with torch.no_grad():
+        test = (model(splits["test"].x).argmax(1) == splits["test"].y).float().mean().item()
+    torch.save(model.state_dict(), out_dir / "raw.pt")
+    (out_dir / "raw.json").write_text(json.dumps({"val/accuracy": history, "test/accuracy": test}))
+    ended = time.perf_counter()
+    samples = len(x) * cfg.trainer.max_epochs
+    return samples / (fitted - started), samples / (ended - started)
 
 
-def rmlab_fit(cfg) -> float:
+def rmlab_run(cfg) -> tuple[float, float]:
+    """(samples/s over rmlab's fit, samples/s from its MLflow run's creation to the run closed)."""
     from rmlab.run import train
+    from rmlab.tracking import Tracker
 
-    return train(cfg)["perf/train_samples_per_s"]
+    marks: dict[str, float] = {}
+    start, finish = Tracker.start, Tracker.finish
+
+    def timed_start(self, *args, **kwargs):
+        marks["created"] = time.perf_counter()  # before the run is created: its creation counts
+        return start(self, *args, **kwargs)
+
+    def timed_finish(self, *args, **kwargs):
+        try:
+            return finish(self, *args, **kwargs)
+        finally:
+            marks["closed"] = time.perf_counter()
+
+    Tracker.start, Tracker.finish = timed_start, timed_finish
+    try:
+        results = train(cfg)
+    finally:
+        Tracker.start, Tracker.finish = start, finish
+    samples = results["perf/train_samples_per_s"] * results["perf/fit_s"]
+    return results["perf/train_samples_per_s"], samples / (marks["closed"] - marks["created"])
 
 
 def bench_cases(pairs: int, only_case: str | None) -> None:
     import logging
 
     logging.disable(logging.WARNING)
-    workdir = tempfile.mkdtemp(prefix="rmlab-bench-")
+    workdir = Path(tempfile.mkdtemp(prefix="rmlab-bench-"))
     os.chdir(workdir)
     for case, overrides in CASES.items():
         if only_case and case != only_case:
             continue
-        cfg = compose([*overrides, "trainer.enable_progress_bar=false", f"logger.tracking_uri=sqlite:///{workdir}/mlflow.db"])
-        rmlab_fit(cfg)  # warm-up: creates the store and the experiment, first-call costs
-        raw, ours = [], []
+        cfg = compose([*overrides, "trainer.enable_progress_bar=false",
+                       f"logger.tracking_uri=sqlite:///{workdir}/mlflow.db"])
+        rmlab_run(cfg)  # warm-up: creates the store and the experiment, first-call costs
+        raw_fit, raw_run, our_fit, our_run = [], [], [], []
         for _ in range(pairs):
-            raw.append(raw_loop(cfg))
-            ours.append(rmlab_fit(cfg))
-        r, o = statistics.median(raw), statistics.median(ours)
-        print(json.dumps({"case": case, "raw_samples_per_s": round(r), "rmlab_samples_per_s": round(o),
-                          "ratio": round(o / r, 3), "pairs": pairs}), flush=True)
+            fit, run = raw_loop(cfg, workdir)
+            raw_fit.append(fit)
+            raw_run.append(run)
+            fit, run = rmlab_run(cfg)
+            our_fit.append(fit)
+            our_run.append(run)
+        med = statistics.median
+        print(json.dumps({"case": case, "raw_samples_per_s": round(med(raw_fit)),
+                          "rmlab_samples_per_s": round(med(our_fit)), "fit_ratio": round(med(our_fit) / med(raw_fit), 3),
+                          "raw_run_samples_per_s": round(med(raw_run)), "rmlab_run_samples_per_s": round(med(our_run)),
+                          "run_ratio": round(med(our_run) / med(raw_run), 3), "pairs": pairs}), flush=True)
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of a timed command: this checkout's rmlab first (not an installed one), no MLflow settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
 
 
 def run_cli(args, cwd):
     started = time.time()
-    done = subprocess.run([sys.executable, "-m", "rmlab", *args], cwd=cwd, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "rmlab", *args], cwd=cwd, capture_output=True, text=True,
+                          env=cli_env())
     if done.returncode != 0:
         raise SystemExit(done.stderr[-2000:])
     return started, time.time() - started
@@ -130,7 +182,7 @@ def bench_startup() -> None:
     started, wall = run_cli(["trainer.enable_progress_bar=false"], cwd)
     first_step = last_runs(cwd, 1)[0].data.metrics["perf/first_step_unix"] - started
     help_started = time.time()
-    subprocess.run([sys.executable, "-m", "rmlab", "--help"], capture_output=True, check=True)
+    subprocess.run([sys.executable, "-m", "rmlab", "--help"], capture_output=True, check=True, env=cli_env())
     help_s = time.time() - help_started
     print(json.dumps({"case": "startup", "default_run_wall_s": round(wall, 2),
                       "command_to_first_step_s": round(first_step, 2), "help_s": round(help_s, 2),

@@ -16,6 +16,7 @@ def main(cfg: DictConfig) -> dict[str, float] | None:
     failed job returns None instead (its run is already marked FAILED), so the sweep goes on with the other jobs.
     """
     # Imported here so that --help and --cfg answer without loading torch.
+    from rmlab.credentials import redact
     from rmlab.errors import ConfigError, RmlabError
     from rmlab.provenance import job_context
     from rmlab.run import train
@@ -27,13 +28,13 @@ def main(cfg: DictConfig) -> dict[str, float] | None:
         if type(err).__name__ == "TrialPruned":  # the Optuna sweeper counts it as PRUNED
             raise
         if multirun:
-            print(f"rmlab: job failed: {type(err).__name__}: {err}", file=sys.stderr)
+            print(f"rmlab: job failed: {type(err).__name__}: {redact(str(err))}", file=sys.stderr)
             return None
         if isinstance(err, ConfigError):
-            print(f"rmlab: error: {err}", file=sys.stderr)
+            print(f"rmlab: error: {redact(str(err))}", file=sys.stderr)
             sys.exit(2)
         if isinstance(err, RmlabError):
-            print(f"rmlab: run failed: {err}", file=sys.stderr)
+            print(f"rmlab: run failed: {redact(str(err))}", file=sys.stderr)
             sys.exit(1)
         raise
     return {k: float(v) for k, v in results.items() if isinstance(v, (int, float))}

@@ -6,6 +6,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rmlab.credentials import redact
+
 GROUPS = ("task", "model", "loss", "reward", "feedback", "generation", "optimizer", "trainer", "logger")
 
 
@@ -26,7 +28,7 @@ def compact_config(cfg: DictConfig) -> str:
         lines.append(f"  {group:<9} {name:<12} " + " ".join(f"{k}={_inline(v)}" for k, v in node.items()))
     extras = {k: v for k, v in resolved.items() if k not in GROUPS}
     lines.append("  " + " ".join(f"{k}={_inline(v)}" for k, v in extras.items()))
-    return "rmlab config:\n" + "\n".join(line.rstrip() for line in lines)
+    return "rmlab config:\n" + redact("\n".join(line.rstrip() for line in lines))
 
 
 def result_block(metrics: Mapping[str, float], reward_name: str, run_id: str | None, store: str | None,
@@ -43,7 +45,9 @@ def result_block(metrics: Mapping[str, float], reward_name: str, run_id: str | N
         at = f", epoch {int(epoch) + 1}" if epoch is not None and math.isfinite(epoch) else ""
         lines.append(f"  val/reward   {metrics['val/selected_reward']:.4f}  (of the tested weights: {which}{at})")
     if run_id:
-        lines += [f"  run id       {run_id}", f"  store        {store}", f"  dashboard    {dashboard}"]
+        # The store's URI as given may hold a password: print it masked.
+        lines += [f"  run id       {run_id}", f"  store        {redact(str(store))}",
+                  f"  dashboard    {redact(str(dashboard))}"]
     else:
         lines.append("  not tracked (logger=none or trainer.fast_dev_run)")
     return "\n".join(lines)

@@ -28,3 +28,11 @@ def check(condition: bool, message: str) -> None:
     """Raise ConfigError(message) unless condition holds."""
     if not condition:
         raise ConfigError(message)
+
+
+class StoreUnreachable(ConfigError):
+    """The tracking server named by the config or $MLFLOW_TRACKING_URI does not answer: reported before any run."""
+
+
+class MetricsNotStored(RmlabError):
+    """The store went away during a run and stayed away: the unsent metrics are kept in a local file to replay."""

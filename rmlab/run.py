@@ -166,7 +166,7 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
     if tracked:
         from rmlab.tracking import Tracker
 
-        tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment, cfg.logger.flush_every_s)
+        tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment, cfg.logger.flush_every_s, cfg.logger.retry_s)
         if parent_run_id:
             from rmlab.sweep import reuse_finished_run
 

@@ -118,6 +118,9 @@ class SweepCallback(Callback):
         self.__init__()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from rmlab import compose_once
+
+        compose_once.install(config)  # each job's config composed once, not twice (checked, then launched)
         if config.logger.name != "mlflow" or config.trainer.get("fast_dev_run"):
             return  # jobs are untracked (see rmlab.run.train): a parent would stay empty
         from rmlab.provenance import git_commit
@@ -172,7 +175,9 @@ class SweepCallback(Callback):
             raise
         atexit.register(self._stopped_early)
         self._watch_signals()
-        log.info(f"Sweep parent run {self.run_id} in {self.uri} (experiment {self.experiment!r})")
+        from rmlab.credentials import redact
+
+        log.info(f"Sweep parent run {self.run_id} in {redact(self.uri)} (experiment {self.experiment!r})")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.run_id is None:

@@ -10,11 +10,18 @@ Rules this module keeps (docs/design.md says why):
   The sending thread is our own single worker, not MLflow's async queue: closing a run shuts that queue down, which
   waits up to a second for its polling thread, a second added to every run of a sweep.
 - a run always ends with an explicit status: FINISHED, FAILED (with the error in the ``error`` tag) or KILLED.
+- a store that goes away mid-run: the sending thread retries the metrics for ``retry_s`` seconds after the first
+  failure (saying so once), then gives up; at the end the points it could not store are written to a local file
+  (``rmlab.spool``) and the run ends with one line naming it. ``python -m rmlab.replay FILE`` stores them and closes the
+  run once the server is back. The last batch carries the tag ``rmlab.metric_points``: the points the run sent.
+- credentials in the store's URI never leave the process: params, tags, text and text artifacts pass through
+  ``rmlab.credentials.redact``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -29,7 +36,17 @@ from mlflow.tracking import MlflowClient
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from rmlab.credentials import redact, redacted_file, remove_copy
+from rmlab.errors import MetricsNotStored
+from rmlab.server import bound_http_retries, check_reachable, is_http
+
+log = logging.getLogger("rmlab")
+
 MAX_TAG = 8000
+# How long the metrics are retried while the store does not answer (logger.retry_s).
+RETRY_S = 120.0
+# Tag on every run: the metric points it sent (the store should hold as many).
+POINTS_TAG = "rmlab.metric_points"
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
@@ -101,24 +118,36 @@ def get_or_create_experiment(client: MlflowClient, uri: str, name: str) -> str:
 class Tracker:
     """One MLflow run, opened by ``start`` and always closed by ``finish`` with an explicit status."""
 
-    def __init__(self, tracking_uri: str | None, experiment: str, flush_every_s: float = 5.0) -> None:
+    def __init__(self, tracking_uri: str | None, experiment: str, flush_every_s: float = 5.0,
+                 retry_s: float = RETRY_S) -> None:
         self.uri = resolve_tracking_uri(tracking_uri)
         self.flush_every_s = flush_every_s
+        self.retry_s = retry_s
         self._buffer: list[Metric] = []
+        self._last: dict[str, tuple[int, float]] = {}  # key -> (step, value) last buffered
         self._last_send = time.monotonic()
         db = sqlite_path(self.uri)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
+        if is_http(self.uri):
+            bound_http_retries()
+            check_reachable(self.uri)  # a server that is down: a clear error now, not a hang at the first write
         self.client = client_for(self.uri)
         self.experiment = experiment
         self.experiment_id: str | None = None
         self.run_id: str | None = None
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rmlab-metrics")
         self._pending: list[Future] = []
+        # Owned by the sending thread while batches are pending; read by flush() once they are done.
+        self._sent = 0  # metric points the store has acknowledged
+        self._unsent: list[Metric] = []  # points given up on: the store stayed away for retry_s
+        self._gave_up = False
+        self._down_since: float | None = None
+        self.unsent_path: Path | None = None
 
     def start(self, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None) -> str:
         self.experiment_id = get_or_create_experiment(self.client, self.uri, self.experiment)
-        all_tags = {k: str(v)[:MAX_TAG] for k, v in tags.items()}
+        all_tags = {k: redact(str(v))[:MAX_TAG] for k, v in tags.items()}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
@@ -127,45 +156,140 @@ class Tracker:
 
     def log_params(self, params: Mapping[str, str]) -> None:
         # Synchronous: concurrent async batches logging one param key race and are dropped silently (docs/design.md).
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()], synchronous=True)
+        self.client.log_batch(self.run_id, params=[Param(k, redact(str(v))) for k, v in params.items()],
+                              synchronous=True)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:MAX_TAG]) for k, v in tags.items()],
+        self.client.log_batch(self.run_id, tags=[RunTag(k, redact(str(v))[:MAX_TAG]) for k, v in tags.items()],
                               synchronous=True)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        self._buffer += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for key, value in metrics.items():
+            point = (step, float(value))
+            # Lightning adds `epoch` to every call; the same value again at the same step says nothing new (and a
+            # store keeps one of two identical points, so sent and stored counts would disagree).
+            if self._last.get(key) != point:
+                self._last[key] = point
+                self._buffer.append(Metric(key, point[1], now, step))
         if time.monotonic() - self._last_send >= self.flush_every_s:
             self._send()
 
-    def _send(self) -> None:
-        """Queue the buffered metrics as one batch for the sending thread."""
-        if self._buffer:
+    def _send(self, final: bool = False) -> None:
+        """Queue the buffered metrics as one batch for the sending thread (the final one carries the points count)."""
+        if self._buffer or final:
             batch, self._buffer = self._buffer, []
-            self._pending.append(self._sender.submit(self.client.log_batch, self.run_id, metrics=batch,
-                                                     synchronous=True))
+            try:
+                operation = self._sender.submit(self._deliver, batch, final)
+            except RuntimeError:  # an exit hook closing a run: the interpreter takes no new futures; send from here
+                operation = Future()
+                try:
+                    self._deliver(batch, final)
+                    operation.set_result(None)
+                except Exception as err:
+                    operation.set_exception(err)
+            self._pending.append(operation)
         self._last_send = time.monotonic()
 
+    def _deliver(self, batch: list[Metric], final: bool) -> None:
+        """Store one batch (in the sending thread). While the store does not answer, retry until ``retry_s`` after
+        the first failure, then give up: this batch and every later one are kept for the unsent-metrics file. An
+        error the store reports about the request itself (4xx) is raised, to fail the run as before."""
+        if self._gave_up:
+            self._unsent += batch
+            return
+        attempt = 0
+        while True:
+            tags = [RunTag(POINTS_TAG, str(self._sent + len(batch)))] if final else []
+            try:
+                self.client.log_batch(self.run_id, metrics=batch, tags=tags, synchronous=True)
+            except Exception as err:
+                if not _transient(err):
+                    raise
+                now = time.monotonic()
+                if self._down_since is None:
+                    self._down_since = now
+                    log.warning(f"rmlab: the tracking store {redact(self.uri)} does not answer "
+                                f"({_short(err)}); retrying the metrics for up to {self.retry_s:g} s "
+                                "(logger.retry_s); training goes on")
+                left = self.retry_s - (now - self._down_since)
+                if left <= 0:
+                    self._gave_up = True
+                    self._unsent += batch
+                    log.warning(f"rmlab: the tracking store {redact(self.uri)} still does not answer after "
+                                f"{self.retry_s:g} s; the run's metrics will be kept in a local file")
+                    return
+                attempt += 1
+                time.sleep(min(2.0 ** (attempt - 1), 10.0, left))  # 1, 2, 4, 8, 10, 10... s
+                continue
+            self._sent += len(batch)
+            if self._down_since is not None:
+                log.warning(f"rmlab: the tracking store {redact(self.uri)} answers again after "
+                            f"{time.monotonic() - self._down_since:.0f} s; metrics are stored again")
+                self._down_since = None
+            return
+
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self.client.log_text(self.run_id, redact(text), artifact_file)
 
     def log_table(self, data: Mapping[str, list], artifact_file: str) -> None:
         """Append rows (column -> values) to the run's table ``artifact_file`` (``.json``; MLflow's table artifact,
-        shown in the UI), from the sending thread; ``flush`` waits until it is stored."""
+        shown in the UI), from the sending thread; ``flush`` waits until it is stored. While the store does not
+        answer, tables are dropped with a warning (they are samples of what the metrics measure); an error the store
+        reports about the request itself is raised at ``flush``, as for metrics."""
         # Appending downloads the stored table first; MLflow would draw a progress bar for it on the console.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        self._pending.append(self._sender.submit(self.client.log_table, self.run_id, dict(data), artifact_file))
+        self._pending.append(self._sender.submit(self._deliver_table, dict(data), artifact_file))
+
+    def _deliver_table(self, data: dict[str, list], artifact_file: str) -> None:
+        try:
+            self.client.log_table(self.run_id, data, artifact_file)
+        except Exception as err:
+            if not _transient(err):
+                raise
+            log.warning(f"rmlab: the tracking store {redact(self.uri)} does not answer ({_short(err)}); the sample "
+                        f"rows for {artifact_file} are not stored")
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        upload, is_copy = redacted_file(Path(path))
+        try:
+            self.client.log_artifact(self.run_id, str(upload), artifact_path)
+        finally:
+            if is_copy:
+                remove_copy(upload)
 
     def flush(self) -> None:
-        """Send what is buffered and wait until every queued batch is stored."""
-        self._send()
+        """Send what is buffered and wait until every queued batch is stored. If the store stayed away, try once
+        more with everything held back; if that fails too, write the unsent-metrics file and raise MetricsNotStored."""
+        self._send(final=True)
         pending, self._pending = self._pending, []
         for operation in pending:
             operation.result()  # re-raises a failed write here, before the run is closed
+        if not self._gave_up:
+            return
+        try:  # the server may be back by now
+            self.client.log_batch(self.run_id, metrics=self._unsent,
+                                  tags=[RunTag(POINTS_TAG, str(self._sent + len(self._unsent)))], synchronous=True)
+        except Exception as err:
+            if not _transient(err):
+                raise
+        else:
+            self._sent += len(self._unsent)
+            self._unsent, self._gave_up = [], False
+            log.warning(f"rmlab: the tracking store {redact(self.uri)} answers again; every metric is stored")
+            return
+        self._spool(status=None, error=None)
+        raise MetricsNotStored(
+            f"the tracking store {redact(self.uri)} did not answer for {self.retry_s:g} s (logger.retry_s): "
+            f"{len(self._unsent)} metric points of run {self.run_id} are kept in {self.unsent_path}; once the "
+            f"server is back, store them and close the run with: python -m rmlab.replay {self.unsent_path}")
+
+    def _spool(self, status: str | None, error: str | None) -> None:
+        from rmlab import spool
+
+        self.unsent_path = self.unsent_path or spool.default_path(self.run_id)
+        spool.write(self.unsent_path, uri=self.uri, run_id=self.run_id, experiment=self.experiment, status=status,
+                    error=error, sent=self._sent, metrics=self._unsent)
 
     def finish(self, status: str, error: str | None = None) -> None:
         """Drain queued metrics, record the error (if any) and close the run with ``status``; a run whose metrics
@@ -174,6 +298,11 @@ class Tracker:
         failure = None
         try:
             self.flush()
+        except MetricsNotStored:
+            # The store is away: closing the run now would only wait for it again. The file says how to close it.
+            self._sender.shutdown(wait=True)
+            self._spool(status=status, error=error)
+            raise
         except Exception as err:
             failure = err
             status = "FAILED"
@@ -181,10 +310,25 @@ class Tracker:
         finally:
             self._sender.shutdown(wait=True)
         if error:
-            self.client.set_tag(self.run_id, "error", error[:MAX_TAG])
+            self.client.set_tag(self.run_id, "error", redact(error)[:MAX_TAG])
         self.client.set_terminated(self.run_id, status=status)
         if failure is not None:
             raise failure
+
+
+def _transient(err: BaseException) -> bool:
+    """Worth retrying: MLflow reports that the store did not answer or failed on its side (a 5xx: connection refused,
+    a database that is locked or down). Not a 4xx (the store says the request itself is wrong: sending it again
+    cannot help), nor an error from outside MLflow's store layer (a bug, not an outage)."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(err, MlflowException) and err.get_http_status_code() >= 500
+
+
+def _short(err: BaseException) -> str:
+    from rmlab.server import reason
+
+    return redact(reason(err))
 
 
 class TrackerLogger(Logger):

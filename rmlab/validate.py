@@ -51,7 +51,7 @@ OPTIMIZER_KEYS: dict[str, dict[str, Any]] = {
     "sgd": {**_OPTIMIZER_COMMON, "momentum": None, "nesterov": None},
 }
 LOGGER_KEYS: dict[str, dict[str, Any]] = {
-    "mlflow": {"name": None, "tracking_uri": None, "log_checkpoint": None, "flush_every_s": None},
+    "mlflow": {"name": None, "tracking_uri": None, "log_checkpoint": None, "flush_every_s": None, "retry_s": None},
     "none": {"name": None},
 }
 
@@ -222,6 +222,7 @@ def validate_logger(logger: Mapping[str, Any]) -> None:
               f"logger.tracking_uri must be null (the default store) or a URI, got {uri!r}")
         check_bool("logger.log_checkpoint", logger["log_checkpoint"])
         check_real("logger.flush_every_s", logger["flush_every_s"], 0, low_open=True)
+        check_real("logger.retry_s", logger["retry_s"], 0)
 
 
 def validate_feedback(feedback: Mapping[str, Any]) -> None:

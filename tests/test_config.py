@@ -130,6 +130,7 @@ def test_wheel_carries_the_configs(tmp_path):
                     "rmlab/language_models"):
         assert f"{package}/__init__.py" in names
     assert "hydra_plugins/rmlab_optuna_sweeper/__init__.py" in names
+    assert "hydra_plugins/rmlab_ray_launcher/ray_launcher.py" in names
     assert "rmlab/conf/loss/huber.yaml" in names and "rmlab/conf/hydra/job_logging/rmlab.yaml" in names
     expected = {f"rmlab/conf/{p.relative_to(CONFIG_DIR)}" for p in CONFIG_DIR.rglob("*.yaml")}
     assert expected <= names

@@ -170,3 +170,45 @@ def test_gradient_accumulation_equals_a_larger_batch(workdir):
     assert accumulated["test/perplexity"] == pytest.approx(large["test/perplexity"], rel=1e-4)
     single = train(compose_config(*common, "task.batch_size=8"))
     assert single["test/loss"] != pytest.approx(large["test/loss"], rel=1e-4)  # the comparison can fail
+
+
+def test_sample_tables_append_and_an_outage_drops_them_without_failing_the_run(workdir, monkeypatch, caplog):
+    import logging
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+
+    from rmlab.tracking import Tracker
+
+    tracker = Tracker(None, "tables")
+    tracker.start("r", {})
+    tracker.log_table({"prompt": ["a="], "completion": ["a"]}, "samples/val.json")
+    tracker.log_table({"prompt": ["b="], "completion": ["c"]}, "samples/val.json")
+    real = tracker.client.log_table
+
+    def down(*args, **kwargs):
+        raise MlflowException("API request failed: Connection refused", TEMPORARILY_UNAVAILABLE)
+
+    tracker.flush()
+    monkeypatch.setattr(tracker.client, "log_table", down)
+    with caplog.at_level(logging.WARNING, logger="rmlab"):
+        tracker.log_table({"prompt": ["c="], "completion": ["c"]}, "samples/val.json")
+        tracker.finish("FINISHED")
+    assert "the sample rows for samples/val.json are not stored" in caplog.text
+    client = MlflowClient(tracker.uri)
+    assert client.get_run(tracker.run_id).info.status == "FINISHED"
+    stored = json.loads(open(client.download_artifacts(tracker.run_id, "samples/val.json", str(workdir))).read())
+    assert stored["data"] == [["a=", "a"], ["b=", "c"]]
+
+    rejected = Tracker(None, "tables")
+    rejected.start("r", {})
+
+    def invalid(*args, **kwargs):
+        raise MlflowException("bad table", INVALID_PARAMETER_VALUE)
+
+    monkeypatch.setattr(rejected.client, "log_table", invalid)
+    rejected.log_table({"prompt": ["a="]}, "samples/val.json")
+    with pytest.raises(MlflowException, match="bad table"):
+        rejected.finish("FINISHED")
+    monkeypatch.setattr(rejected.client, "log_table", real)
+    assert client.get_run(rejected.run_id).info.status == "FAILED"

@@ -1,0 +1,71 @@
+"""The unsent-metrics file: the metric points of a run whose store went away and stayed away, and how to close it.
+
+``Tracker`` writes it (``write``) when it gives up on a store; ``python -m rmlab.replay FILE`` reads it (``read``),
+stores the points into the run and closes the run with the status it would have had. One JSON header line, then one
+line per point: ``[key, value, timestamp_ms, step]``. The store's URI is written without its credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric
+
+from rmlab.credentials import redact
+
+FORMAT = "rmlab-unsent-metrics/1"
+
+
+def default_path(run_id: str) -> Path:
+    """``<the job's output folder>/unsent-metrics-<run id>.jsonl`` (the current folder outside a Hydra app)."""
+    folder = Path.cwd()
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        folder = Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # not inside a Hydra app
+        pass
+    return folder / f"unsent-metrics-{run_id}.jsonl"
+
+
+def write(path: Path, *, uri: str, run_id: str, experiment: str, status: str | None, error: str | None,
+          sent: int, metrics: Iterable[Metric]) -> Path:
+    """Write the file (atomically: a reader never sees half of it). ``status`` None: replay leaves the run open."""
+    metrics = list(metrics)
+    header = {"format": FORMAT, "store": redact(uri), "run_id": run_id, "experiment": experiment,
+              "status": status, "error": redact(error) if error else None, "points_sent_before": sent,
+              "points": len(metrics)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w") as f:
+        f.write(json.dumps(header) + "\n")
+        for m in metrics:
+            f.write(json.dumps([m.key, m.value, m.timestamp, m.step]) + "\n")
+    os.replace(partial, path)
+    return path
+
+
+def read(path: Path) -> tuple[dict[str, Any], list[Metric]]:
+    """(header, points) of an unsent-metrics file; ValueError naming the line if it is not one."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    try:
+        header = json.loads(lines[0]) if lines else {}
+    except json.JSONDecodeError:
+        header = {}
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an rmlab unsent-metrics file (its first line has no format {FORMAT!r})")
+    metrics = []
+    for number, line in enumerate(lines[1:], start=2):
+        try:
+            key, value, timestamp, step = json.loads(line)
+            metrics.append(Metric(str(key), float(value), int(timestamp), int(step)))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path}, line {number}: not a metric point [key, value, timestamp, step]: {err}") from None
+    if len(metrics) != header.get("points"):
+        raise ValueError(f"{path}: the header says {header.get('points')} points, the file holds {len(metrics)}")
+    return header, metrics

@@ -1,0 +1,197 @@
+"""A tracking store that is down or goes away, in-process and in seconds: the clear error at start, the bounded retry of
+the buffered metrics, the unsent-metrics file and its replay, the points count; and credentials kept out of everything
+rmlab records. The same against a real ``mlflow server`` on PostgreSQL is in test_server.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+from mlflow.tracking import MlflowClient
+
+from rmlab import replay, spool
+from rmlab.credentials import redact
+from rmlab.errors import MetricsNotStored, StoreUnreachable
+from rmlab.tracking import POINTS_TAG, Tracker
+from tests.conftest import PYTHON, cli_env
+from tests.servers import free_port
+
+SECRET = "s3cr3t-Pa55"
+
+
+def stored_points(client: MlflowClient, run_id: str) -> int:
+    run = client.get_run(run_id)
+    return sum(len(client.get_metric_history(run_id, key)) for key in run.data.metrics)
+
+
+@pytest.mark.parametrize("text, expected", [
+    (f"http://alice:{SECRET}@10.0.0.5:5000", "http://alice:***@10.0.0.5:5000"),
+    (f"postgresql+psycopg://mlflow:{SECRET}@db:5432/mlflow", "postgresql+psycopg://mlflow:***@db:5432/mlflow"),
+    (f"https://u:p@ss:{SECRET}@host/api", "https://u:***@host/api"),  # an unescaped @ in the password
+    (f"https://{SECRET}@host", "https://***@host"),  # a token as the user
+    (f"python -m rmlab logger.tracking_uri=http://a:{SECRET}@h:1 seed=1", "python -m rmlab logger.tracking_uri=http://a:***@h:1 seed=1"),
+    (f"sqlite:///db?password={SECRET}&mode=ro", "sqlite:///db?password=***&mode=ro"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    ("someone@example.com 0.001 a=b", "someone@example.com 0.001 a=b"),
+])
+def test_redact_masks_passwords_in_uris(text, expected):
+    assert redact(text) == expected
+
+
+def test_credentials_never_reach_params_tags_text_or_artifacts(workdir):
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    tracker = Tracker(uri, "secrets")
+    tracker.start("r", {"command": f"python -m rmlab logger.tracking_uri=http://bob:{SECRET}@h:5000"})
+    tracker.log_params({"logger.tracking_uri": f"http://bob:{SECRET}@h:5000", "optimizer.lr": "0.001"})
+    tracker.set_tags({"note": f"postgresql://bob:{SECRET}@db/x"})
+    tracker.log_text(f"tracking_uri: http://bob:{SECRET}@h:5000\n", "config.yaml")
+    (workdir / "multirun.yaml").write_text(f"overrides: [logger.tracking_uri=http://bob:{SECRET}@h:5000]\n")
+    tracker.log_artifact(workdir / "multirun.yaml")
+    (workdir / "weights.ckpt").write_bytes(b"\x00binary " + SECRET.encode())  # not text: uploaded as it is
+    tracker.log_artifact(workdir / "weights.ckpt")
+    tracker.finish("FAILED", error=f"MlflowException: API request to http://bob:{SECRET}@h:5000/api failed")
+
+    run = MlflowClient(uri).get_run(tracker.run_id)
+    recorded = json.dumps([run.data.params, run.data.tags])
+    assert SECRET not in recorded and "bob:***@h:5000" in recorded
+    assert run.data.params["optimizer.lr"] == "0.001"
+    folder = workdir / "down"
+    folder.mkdir()
+    MlflowClient(uri).download_artifacts(tracker.run_id, "", str(folder))
+    assert SECRET not in (folder / "config.yaml").read_text() + (folder / "multirun.yaml").read_text()
+    assert "bob:***@h" in (folder / "multirun.yaml").read_text()
+    assert (folder / "weights.ckpt").read_bytes() == (workdir / "weights.ckpt").read_bytes()
+    assert SECRET in (workdir / "multirun.yaml").read_text()  # the local file itself is left alone
+
+
+def test_server_down_at_start_is_an_error_within_seconds():
+    uri = f"http://alice:{SECRET}@127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(StoreUnreachable) as raised:
+        Tracker(uri, "x")
+    assert time.monotonic() - started < 10
+    message = str(raised.value)
+    assert "is not reachable (connection refused)" in message and "alice:***@127.0.0.1" in message
+    assert SECRET not in message and "\n" not in message
+
+
+@pytest.mark.slow
+def test_cli_with_a_server_down_exits_2_with_one_line(tmp_path):
+    port = free_port()
+    done = subprocess.run([PYTHON, "-m", "rmlab", "task=wine", "trainer.max_epochs=1"], cwd=tmp_path,
+                          env=cli_env(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}"), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"rmlab: error: tracking server http://127.0.0.1:{port} is not reachable (connection refused). Start it, or "
+        "point logger.tracking_uri or MLFLOW_TRACKING_URI at a running one")
+    assert "Traceback" not in done.stderr and not (tmp_path / "mlflow.db").exists()
+
+
+class Outage:
+    """Stands in for the store's log_batch: the first ``failures`` calls fail as MLflow reports a server that does not
+    answer (a 503), then the real call goes through."""
+
+    def __init__(self, real, failures: int, code=TEMPORARILY_UNAVAILABLE):
+        self.real, self.failures, self.code, self.calls = real, failures, code, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise MlflowException("API request to /api/2.0/mlflow/runs/log-batch failed: Connection refused",
+                                  self.code)
+        return self.real(*args, **kwargs)
+
+
+def test_store_back_within_retry_s_loses_nothing(workdir, monkeypatch, caplog):
+    tracker = Tracker(None, "blip", flush_every_s=1000, retry_s=60)
+    tracker.start("r", {})
+    outage = Outage(tracker.client.log_batch, failures=2)
+    monkeypatch.setattr(tracker.client, "log_batch", outage)
+    with caplog.at_level(logging.WARNING, logger="rmlab"):
+        for step in range(50):
+            tracker.log_metrics({"train/loss": 1.0 / (step + 1), "epoch": step // 10}, step=step)
+        tracker.finish("FINISHED")
+    client = MlflowClient(tracker.uri)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and stored_points(client, tracker.run_id) == 50 + 50
+    assert run.data.tags[POINTS_TAG] == "100"
+    assert outage.calls == 3
+    assert "does not answer (connection refused); retrying the metrics for up to 60 s" in caplog.text
+    assert "answers again" in caplog.text
+
+
+def test_epoch_logged_again_at_the_same_step_is_sent_once(workdir):
+    tracker = Tracker(None, "dedup")
+    tracker.start("r", {})
+    tracker.log_metrics({"train/loss": 0.5, "epoch": 0.0}, step=3)
+    tracker.log_metrics({"val/loss": 0.7, "epoch": 0.0}, step=3)  # what Lightning does at an epoch's end
+    tracker.log_metrics({"val/loss": 0.6, "epoch": 1.0}, step=6)
+    tracker.finish("FINISHED")
+    client = MlflowClient(tracker.uri)
+    assert [m.step for m in client.get_metric_history(tracker.run_id, "epoch")] == [3, 6]
+    assert client.get_run(tracker.run_id).data.tags[POINTS_TAG] == "5" == str(stored_points(client, tracker.run_id))
+
+
+def test_a_request_the_store_rejects_is_not_retried(workdir, monkeypatch):
+    tracker = Tracker(None, "rejected", flush_every_s=1000, retry_s=60)
+    tracker.start("r", {})
+    outage = Outage(tracker.client.log_batch, failures=10, code=INVALID_PARAMETER_VALUE)
+    monkeypatch.setattr(tracker.client, "log_batch", outage)
+    tracker.log_metrics({"m": 1.0}, step=0)
+    started = time.monotonic()
+    with pytest.raises(MlflowException):
+        tracker.finish("FINISHED")
+    assert time.monotonic() - started < 10 and outage.calls == 1
+    monkeypatch.undo()
+    assert MlflowClient(tracker.uri).get_run(tracker.run_id).info.status == "FAILED"
+
+
+def test_store_gone_for_good_spools_then_replay_stores_and_closes(workdir, monkeypatch, capsys):
+    tracker = Tracker(None, "outage", flush_every_s=0.0001, retry_s=0.5)
+    tracker.start("r", {})
+    tracker.log_metrics({"train/loss": 9.0}, step=0)  # stored before the outage
+    tracker.flush()
+    outage = Outage(tracker.client.log_batch, failures=10**9)
+    monkeypatch.setattr(tracker.client, "log_batch", outage)
+    for step in range(1, 31):
+        tracker.log_metrics({"train/loss": 1.0 / step}, step=step)
+    started = time.monotonic()
+    with pytest.raises(MetricsNotStored) as raised:
+        tracker.finish("FINISHED")
+    assert time.monotonic() - started < 10  # bounded by retry_s, plus one more try at the end
+    message = str(raised.value)
+    path = tracker.unsent_path
+    assert "\n" not in message and f"30 metric points of run {tracker.run_id} are kept in {path}" in message
+    assert f"python -m rmlab.replay {path}" in message and path.parent == workdir
+    header, points = spool.read(path)
+    assert (header["status"], header["points_sent_before"], len(points)) == ("FINISHED", 1, 30)
+
+    monkeypatch.undo()  # the server is back
+    client = MlflowClient(tracker.uri)
+    assert client.get_run(tracker.run_id).info.status == "RUNNING"
+    assert replay.main([str(path), "--tracking-uri", tracker.uri]) == 0
+    assert f"replayed 30 metric points into run {tracker.run_id}" in capsys.readouterr().out
+    run = client.get_run(tracker.run_id)
+    history = [m.value for m in client.get_metric_history(tracker.run_id, "train/loss")]
+    assert run.info.status == "FINISHED" and sorted(history) == sorted([9.0] + [1.0 / s for s in range(1, 31)])
+    assert not path.exists() and path.with_name(path.name + ".replayed").exists()
+    assert replay.main([str(path)]) == 2  # replayed already: nothing is stored twice
+
+
+def test_replay_needs_the_credentials_it_never_wrote(workdir, capsys):
+    path = spool.write(workdir / "u.jsonl", uri=f"http://alice:{SECRET}@127.0.0.1:9", run_id="abc", experiment="e",
+                       status="FINISHED", error=None, sent=0, metrics=[])
+    assert SECRET not in path.read_text()
+    assert replay.main([str(path)]) == 2
+    assert "needed credentials, which rmlab never writes to disk" in capsys.readouterr().err
+    assert replay.main([str(path), "--tracking-uri", f"http://127.0.0.1:{free_port()}"]) == 1
+    assert "is not reachable (connection refused)" in capsys.readouterr().err
+    (workdir / "bad.jsonl").write_text('{"format": "other"}\n')
+    assert replay.main([str(workdir / "bad.jsonl")]) == 2
+    assert "not an rmlab unsent-metrics file" in capsys.readouterr().err
