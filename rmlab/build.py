@@ -17,7 +17,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from rmlab.errors import ConfigError, IncompatibleError, check
-from rmlab.kinds import FEATURES, TaskInfo
+from rmlab.kinds import FEATURES, SEQUENCE, TaskInfo
 from rmlab.models import KindHead, output_dim
 from rmlab.paths import CONFIG_DIR
 from rmlab.validate import validate_config
@@ -29,10 +29,12 @@ class Components:
 
     task: Any
     info: TaskInfo
-    model: KindHead
+    model: KindHead  # on sequence tasks, the language model itself (rmlab.language_models)
     loss: Any
     reward: Any
     feedback: Any  # None when feedback=none
+    generation: Any = None  # sequence tasks: the evaluation's GenerationConfig
+    splits: Any = None  # sequence tasks: the tokenised splits (rmlab.sequence_data.TokenizedSplit)
 
 
 def instantiate(group: str, node: DictConfig | dict, **extra: Any) -> Any:
@@ -195,6 +197,10 @@ def build_components(cfg: DictConfig) -> Components:
     check_accepts("reward", cfg.reward.name, reward, info)
     loss.check_task(info)
     reward.check_task(info)
+    if info.output_kind == SEQUENCE:
+        from rmlab.sequence_build import build_sequence
+
+        return build_sequence(cfg, task, info, loss, reward)
     feedback = None
     if cfg.feedback.name != "none":
         feedback = instantiate("feedback", cfg.feedback)

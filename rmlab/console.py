@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmlab.credentials import redact
 
-GROUPS = ("task", "model", "loss", "reward", "feedback", "optimizer", "trainer", "logger")
+GROUPS = ("task", "model", "loss", "reward", "feedback", "generation", "optimizer", "trainer", "logger")
 
 
 def _inline(value: Any) -> str:

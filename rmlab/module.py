@@ -112,6 +112,16 @@ class ObjectiveModule(pl.LightningModule):
         the progress bar's ``val/reward`` goes through it. The latest value of every metric stays in
         ``epoch_metrics``, where the epoch-end callbacks and ``rmlab.run`` read them.
         """
+        values = self._epoch_values(split)
+        numbers = dict(zip(values, torch.stack([v.float().reshape(()) for v in values.values()]).tolist()))
+        if self.logger is not None:
+            self.logger.log_metrics({**numbers, **self._epoch_point(split)}, step=self.global_step)
+        self.epoch_metrics.update(numbers)
+        if split == "val" and self.trainer.progress_bar_callback is not None:
+            self.log("val/reward", numbers["val/reward"], prog_bar=True, logger=False)
+
+    def _epoch_values(self, split: str) -> dict[str, Tensor]:
+        """The split's epoch metrics, as device tensors."""
         index = SPLITS.index(split)
         total, count = self.loss_sums[index]
         values = {f"{split}/loss": total / count.clamp_min(1), f"{split}/reward": self.metrics[index].compute()}
@@ -123,12 +133,7 @@ class ObjectiveModule(pl.LightningModule):
             first, second = self.score_sums[index] / count.clamp_min(1)
             values[f"{split}/score_mean"] = first
             values[f"{split}/score_std"] = (second - first**2).clamp_min(0).sqrt()
-        numbers = dict(zip(values, torch.stack([v.float().reshape(()) for v in values.values()]).tolist()))
-        if self.logger is not None:
-            self.logger.log_metrics({**numbers, **self._epoch_point(split)}, step=self.global_step)
-        self.epoch_metrics.update(numbers)
-        if split == "val" and self.trainer.progress_bar_callback is not None:
-            self.log("val/reward", numbers["val/reward"], prog_bar=True, logger=False)
+        return values
 
     def _epoch_point(self, split: str) -> dict[str, int]:
         """The ``epoch`` metric that goes with a split's epoch-end values: one point per training epoch (0-based,
@@ -171,7 +176,6 @@ class ObjectiveModule(pl.LightningModule):
         first_step = self.global_step
         for start in range(0, ys.shape[0], self.batch_size):
             x, y = xs[start:start + self.batch_size], ys[start:start + self.batch_size]
-            first, last, weight = self._group(y.shape[0])
             output = self.model(x)
             loss = self.loss_fn(output, y)
             total = loss
@@ -180,23 +184,29 @@ class ObjectiveModule(pl.LightningModule):
                 total = self.feedback.combine(loss, feedback.pg_loss)
                 terms = torch.stack([feedback.pg_loss.detach(), feedback.sampled_reward, feedback.baseline])
                 self.feedback_sums += terms.float() * y.shape[0]
-            if weight is not None:
-                total = total * weight
-            if first:
-                optimizer.zero_grad(set_to_none=True)
-            if self.direct_steps:
-                total.backward()
-                if last:
-                    self._direct_step(optimizer)
-            else:
-                self.manual_backward(total)
-                if last:
-                    optimizer.step()  # clips in on_before_optimizer_step
             outputs.append(output.detach())
             losses.append(loss.detach())
             sizes.append(y.shape[0])
-            steps.append(last)
+            steps.append(self._optimize(optimizer, total, y.shape[0]))
         self._accumulate_chunk(torch.cat(outputs), ys, torch.stack(losses).float(), sizes, steps, first_step)
+
+    def _optimize(self, optimizer, total: Tensor, size: int) -> bool:
+        """Backpropagate one batch's ``total`` (over ``size`` samples) into its accumulation group, and take the
+        optimizer step (with its clipping) when the batch ends the group; return whether it did."""
+        first, last, weight = self._group(size)
+        if weight is not None:
+            total = total * weight
+        if first:
+            optimizer.zero_grad(set_to_none=True)
+        if self.direct_steps:
+            total.backward()
+            if last:
+                self._direct_step(optimizer)
+        else:
+            self.manual_backward(total)
+            if last:
+                optimizer.step()  # clips in on_before_optimizer_step
+        return last
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Here, not right after manual_backward: under 16-mixed Lightning unscales the gradients just before this

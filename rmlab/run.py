@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmlab.console import compact_config, result_block
 from rmlab.errors import ConfigError
+from rmlab.kinds import SEQUENCE
 from rmlab.provenance import command_line, command_overrides, job_context, run_name, run_tags
 from rmlab.validate import validate_config
 
@@ -183,17 +184,7 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
 
 def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, str],
                   parent_run_id: str | None) -> dict[str, Any]:
-    from rmlab.data import TaskDataModule
-    from rmlab.module import ObjectiveModule
-
-    module = ObjectiveModule(parts.model, parts.loss, parts.reward, parts.info,
-                             optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-                             max_epochs=cfg.trainer.max_epochs, log_every_n_steps=cfg.trainer.log_every_n_steps,
-                             batch_size=parts.task.batch_size, gradient_clip_val=cfg.trainer.gradient_clip_val,
-                             feedback=parts.feedback,
-                             accumulate_grad_batches=cfg.trainer.accumulate_grad_batches)
-    data = TaskDataModule(parts.task, seed=cfg.seed, steps_per_chunk=cfg.trainer.steps_per_chunk,
-                          limit_train_batches=cfg.trainer.limit_train_batches)
+    module, data = _module_and_data(cfg, parts)
     out = output_dir()
     callbacks = make_callbacks(cfg, data)
     validation = callbacks[0]
@@ -224,6 +215,8 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         # Throughput of the whole fit (training, per-epoch validation, logging): what the benchmark compares.
         results["perf_fit_s"] = fit_s
         results["perf_train_samples_per_s"] = module.samples_trained / fit_s
+        if getattr(module, "tokens_trained", 0):  # sequence tasks
+            results["perf_train_tokens_per_s"] = module.tokens_trained / fit_s
         if tracker is not None:
             tracker.set_tags({"rmlab.selection": validation.selected()[0]})
             _log_outcome(tracker, cfg, parts, results, trainer.global_step, module.first_step_time)
@@ -236,6 +229,30 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         tracker.finish("FINISHED")
     results["run_id"] = tracker.run_id if tracker else None
     return results
+
+
+def _module_and_data(cfg: DictConfig, parts: Components):
+    """The LightningModule and the DataModule of the task's output kind."""
+    common = dict(optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True), max_epochs=cfg.trainer.max_epochs,
+                  log_every_n_steps=cfg.trainer.log_every_n_steps, batch_size=parts.task.batch_size,
+                  gradient_clip_val=cfg.trainer.gradient_clip_val,
+                  accumulate_grad_batches=cfg.trainer.accumulate_grad_batches)
+    if parts.info.output_kind == SEQUENCE:
+        from rmlab.sequence_module import SequenceDataModule, SequenceModule
+
+        module = SequenceModule(parts.model, parts.loss, parts.reward, parts.info, generation=parts.generation,
+                                **common)
+        data = SequenceDataModule(parts.splits, parts.task.batch_size, parts.generation.batch_size, seed=cfg.seed,
+                                  steps_per_chunk=cfg.trainer.steps_per_chunk,
+                                  limit_train_batches=cfg.trainer.limit_train_batches)
+        return module, data
+    from rmlab.data import TaskDataModule
+    from rmlab.module import ObjectiveModule
+
+    module = ObjectiveModule(parts.model, parts.loss, parts.reward, parts.info, feedback=parts.feedback, **common)
+    data = TaskDataModule(parts.task, seed=cfg.seed, steps_per_chunk=cfg.trainer.steps_per_chunk,
+                          limit_train_batches=cfg.trainer.limit_train_batches)
+    return module, data
 
 
 SELECTION_KEYS = ("val/selected_reward", "val/selected_epoch", "val/best_reward", "val/last_reward")

@@ -16,7 +16,9 @@ Generation batch (evaluation and policy optimisation), left-padded so every row'
     prompt_ids      int64 (B, P)
     prompt_mask     bool  (B, P)
 and the examples themselves, which the rewards score against. ``rmlab.generation.generate`` returns completion ids
-(B, N) and a mask (True up to and including the first EOS); rewards see the decoded completion texts.
+(B, N), a mask (True up to and including the first EOS) and the tokens' log-probabilities; rewards see the decoded
+completion texts. ``rmlab.language_models`` holds the model interface; ``rmlab.policy.logprobs`` reads
+log-probabilities of given completions (under a policy, a frozen reference) off the model's logits.
 
 A text reward scores ``(completions: list[str], examples: list[TextExample]) -> float tensor (B,)``, higher is
 better; its aggregate over a split is the mean of the per-sample scores unless the reward says otherwise.

@@ -11,6 +11,9 @@ Truncation (``max_length`` counts the special tokens; the special tokens always 
   only a response that alone does not fit is cut, keeping its start.
 
 A cut may split a multi-byte character; ``decode`` replaces such a fragment with U+FFFD.
+
+``ByteTokenizer`` is the same vocabulary behind the ``rmlab.sequence.Tokenizer`` protocol that language models use:
+``encode`` adds no special tokens and never truncates (the sequence data path lays out and checks lengths itself).
 """
 
 from collections.abc import Sequence
@@ -78,3 +81,23 @@ def decode(ids: Sequence[int] | torch.Tensor) -> str:
     """The text of the byte ids (special ids dropped, so prompt and response run together)."""
     values = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
     return bytes(i - OFFSET for i in values if i >= OFFSET).decode("utf-8", errors="replace")
+
+
+class ByteTokenizer:
+    """The byte-level vocabulary as a ``rmlab.sequence.Tokenizer``: pad 0, bos 1, eos 3, byte ``b`` -> ``b + 4``."""
+
+    vocab_size: int = VOCAB_SIZE
+    pad_id: int = PAD
+    eos_id: int = EOS
+    bos_id: int | None = BOS
+
+    def encode(self, text: str) -> list[int]:
+        """The UTF-8 bytes of ``text`` as ids, no special tokens."""
+        return _ids(text)
+
+    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
+        """The text of the byte ids; special ids are dropped."""
+        return decode(ids)
+
+    def __repr__(self) -> str:
+        return "ByteTokenizer()"

@@ -286,6 +286,24 @@ class Tracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, redact(text), artifact_file)
 
+    def log_table(self, data: Mapping[str, list], artifact_file: str) -> None:
+        """Append rows (column -> values) to the run's table ``artifact_file`` (``.json``; MLflow's table artifact,
+        shown in the UI), from the sending thread; ``flush`` waits until it is stored. While the store does not
+        answer, tables are dropped with a warning (they are samples of what the metrics measure); an error the store
+        reports about the request itself is raised at ``flush``, as for metrics."""
+        # Appending downloads the stored table first; MLflow would draw a progress bar for it on the console.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        self._pending.append(self._sender.submit(self._deliver_table, dict(data), artifact_file))
+
+    def _deliver_table(self, data: dict[str, list], artifact_file: str) -> None:
+        try:
+            self.client.log_table(self.run_id, data, artifact_file)
+        except Exception as err:
+            if not _transient(err):
+                raise
+            log.warning(f"rmlab: the tracking store {redact(self.uri)} does not answer ({_short(err)}); the sample "
+                        f"rows for {artifact_file} are not stored")
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         upload, is_copy = redacted_file(Path(path))
         try:
@@ -389,3 +407,7 @@ class TrackerLogger(Logger):
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         self.tracker.log_metrics(metrics, step or 0)
+
+    @rank_zero_only
+    def log_table(self, data: Mapping[str, list], artifact_file: str) -> None:
+        self.tracker.log_table(data, artifact_file)

@@ -4,8 +4,9 @@
 seed is set, so a typo answers in about a second instead of several. It checks:
 - values nobody gave (``???`` in a config: ``task.path`` of ``task=csv``) and interpolations that do not resolve;
 - the root keys (``seed``, ``experiment``, ``run_name``) and no unknown root key;
-- every key of ``trainer``, ``optimizer`` and ``logger`` (and ``feedback=none``): unknown keys are an error listing
-  the valid ones, as for the components built from a ``_target_``; each value's type, range and finiteness.
+- every key of ``trainer``, ``optimizer``, ``logger`` and ``generation`` (and ``feedback=none``): unknown keys are an
+  error listing the valid ones, as for the components built from a ``_target_``; each value's type, range and
+  finiteness.
 The components with a ``_target_`` (task, model, loss, reward, feedback) are checked against their class's
 signature and by their constructors in ``rmlab.build``, which needs the classes, hence torch.
 """
@@ -21,8 +22,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rmlab.errors import ConfigError, check
+from rmlab.generation_config import GenerationConfig
 
-GROUPS = ("task", "model", "loss", "reward", "feedback", "optimizer", "trainer", "logger")
+GROUPS = ("task", "model", "loss", "reward", "feedback", "generation", "optimizer", "trainer", "logger")
 ROOT_KEYS = (*GROUPS, "seed", "experiment", "run_name", "optuna")  # optuna: set by the Optuna sweeper per trial
 MAX_SEED = 2**32 - 1  # what numpy's and Lightning's seeding accept
 
@@ -261,4 +263,5 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
     validate_optimizer(resolved["optimizer"])
     validate_logger(resolved["logger"])
     validate_feedback(resolved["feedback"])
+    GenerationConfig.from_config(resolved["generation"])
     return resolved

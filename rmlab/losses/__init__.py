@@ -3,7 +3,8 @@
 Pointwise (``pointwise.py``), accept ``value`` and ``logits`` (on logits: softmax probabilities vs one-hot targets,
 summed over classes, mean over the batch):
     MSE (mse), MAE (mae), Huber (huber), SmoothL1 (smooth_l1), LogCosh (log_cosh)
-Classification (``classification.py``), accept ``logits``:
+Classification (``classification.py``), accept ``logits`` and, token-wise over the vocabulary, ``sequence``
+(``tokens.py``: completion tokens only, ``average`` per token or per sequence):
     CrossEntropy (cross_entropy), Focal (focal), and the label-noise-robust GCE (gce), SCE (sce), NCERCE (nce_rce)
 Pairwise (``pairwise.py``), accept ``pair`` (functions of the score difference chosen - rejected):
     BradleyTerry (bradley_terry), MarginRanking (hinge), LogExp (log_exp), IPO (ipo)

@@ -1,21 +1,22 @@
 """Classification losses on logits: cross_entropy, focal, and the label-noise-robust gce, sce and nce_rce.
 
 All take output (B, C) raw logits and int64 targets (B,), work from ``log_softmax`` in float32 (stable, and the same
-under bf16 autocast), and return the mean over the batch. ``1 - p_y`` is computed as ``-expm1(log p_y)``, which stays
+under bf16 autocast), and return the mean over the batch. On sequence tasks they apply token-wise over the
+vocabulary, averaged per ``average`` (``rmlab.losses.tokens``). ``1 - p_y`` is computed as ``-expm1(log p_y)``, which stays
 accurate when ``p_y`` is close to 1. Per-class weight vectors are buffers, so they follow the module to its device.
 """
 
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from rmlab.errors import ConfigError
-from rmlab.kinds import LOGITS, TaskInfo
-from rmlab.losses.base import Loss
+from rmlab.kinds import TaskInfo
 from rmlab.losses.pointwise import as_float, positive_weights
+from rmlab.losses.tokens import TokenwiseLoss
 
 # RCE clamps the one-hot target's log at log(1e-4) (Wang et al. 2019), so RCE = -log(1e-4) * (1 - p_y).
 _RCE_SCALE = -math.log(1e-4)
@@ -46,17 +47,18 @@ def _active_passive_weights(loss: str, alpha: Any, beta: Any) -> tuple[float, fl
     return alpha, beta
 
 
-class CrossEntropy(Loss):
+class CrossEntropy(TokenwiseLoss):
     """Cross entropy with optional label smoothing and class weights (exactly ``F.cross_entropy``).
 
     With ``class_weights`` the batch reduction is PyTorch's weighted mean: sum_b w_{y_b} l_b / sum_b w_{y_b}.
     """
 
-    accepts: ClassVar[tuple[str, ...]] = (LOGITS,)
+    loss_name = "cross_entropy"
     class_weights: torch.Tensor | None
 
-    def __init__(self, label_smoothing: float = 0.0, class_weights: list[float] | None = None) -> None:
-        super().__init__()
+    def __init__(self, label_smoothing: float = 0.0, class_weights: list[float] | None = None,
+                 average: str = "token") -> None:
+        super().__init__(average)
         self.label_smoothing = as_float("cross_entropy", "label_smoothing", label_smoothing)
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"cross_entropy: label_smoothing must be in [0, 1), got {self.label_smoothing}")
@@ -64,16 +66,25 @@ class CrossEntropy(Loss):
         # Not persistent: the weights come from the config, and checkpoints then load whatever the config says.
         self.register_buffer("class_weights", weights, persistent=False)
 
+    def class_weighted(self) -> bool:
+        return self.class_weights is not None
+
     def check_task(self, info: TaskInfo) -> None:
+        super().check_task(info)
         _check_weight_length("cross_entropy", "class_weights", self.class_weights, info)
 
+    def per_example(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(output.float(), target.long(), label_smoothing=self.label_smoothing, reduction="none")
+
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if output.dim() == 3 or self.class_weights is None:
+            return super().forward(output, target)
         return F.cross_entropy(
             output.float(), target.long(), weight=self.class_weights, label_smoothing=self.label_smoothing
         )
 
 
-class Focal(Loss):
+class Focal(TokenwiseLoss):
     """Focal loss (Lin et al. 2017): ``-alpha_t (1 - p_y)^gamma log p_y``, plain mean over the batch.
 
     ``alpha`` (the class-balancing weight alpha_t):
@@ -86,11 +97,11 @@ class Focal(Loss):
     - a list of one weight > 0 per class: alpha_t = alpha[y].
     """
 
-    accepts: ClassVar[tuple[str, ...]] = (LOGITS,)
+    loss_name = "focal"
     alpha_per_class: torch.Tensor | None
 
-    def __init__(self, gamma: float = 2.0, alpha: float | list[float] | None = None) -> None:
-        super().__init__()
+    def __init__(self, gamma: float = 2.0, alpha: float | list[float] | None = None, average: str = "token") -> None:
+        super().__init__(average)
         self.gamma = as_float("focal", "gamma", gamma)
         if self.gamma < 0:
             raise ConfigError(f"focal: gamma must be >= 0, got {self.gamma}")
@@ -105,7 +116,11 @@ class Focal(Loss):
                                   f"1, and 1 - alpha of class 0) or a list of one float > 0 per class, got {alpha}")
         self.register_buffer("alpha_per_class", per_class, persistent=False)
 
+    def class_weighted(self) -> bool:
+        return self.alpha_per_class is not None or self.alpha is not None
+
     def check_task(self, info: TaskInfo) -> None:
+        super().check_task(info)
         _check_weight_length("focal", "alpha", self.alpha_per_class, info)
         if self.alpha is not None and info.num_classes is not None and info.num_classes != 2:
             raise ConfigError(
@@ -114,7 +129,7 @@ class Focal(Loss):
                 f"loss.alpha=[{', '.join(['1.0'] * info.num_classes)}]"
             )
 
-    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def per_example(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _, log_py = _log_p_target(output, target)
         # Floor 1 - p_y: at p_y == 1 with 0 < gamma < 1, d/dx x^gamma is infinite and 0 * inf would be a NaN gradient.
         loss = -(-torch.expm1(log_py)).clamp_min(1e-12).pow(self.gamma) * log_py
@@ -124,61 +139,64 @@ class Focal(Loss):
             if output.shape[-1] != 2:
                 raise ValueError(f"focal: a single alpha needs 2 classes, got outputs of shape {tuple(output.shape)}")
             loss = loss * torch.where(target == 1, self.alpha, 1.0 - self.alpha)
-        return loss.mean()
+        return loss
 
 
-class GCE(Loss):
+class GCE(TokenwiseLoss):
     """Generalized cross entropy (Zhang & Sabuncu 2018): ``(1 - p_y^q) / q``.
 
     ``q -> 0`` approaches cross entropy, ``q = 1`` is MAE / 2 (noise-robust but slow to fit).
     """
 
-    accepts: ClassVar[tuple[str, ...]] = (LOGITS,)
 
-    def __init__(self, q: float = 0.7) -> None:
-        super().__init__()
+    loss_name = "gce"
+
+    def __init__(self, q: float = 0.7, average: str = "token") -> None:
+        super().__init__(average)
         self.q = as_float("gce", "q", q)
         if not 0.0 < self.q <= 1.0:
             raise ConfigError(f"gce: q must be in (0, 1], got {self.q}")
 
-    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def per_example(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _, log_py = _log_p_target(output, target)
         # 1 - p_y^q = -expm1(q log p_y): no pow of a tiny probability, accurate near p_y = 1.
-        return (-torch.expm1(self.q * log_py)).mean() / self.q
+        return -torch.expm1(self.q * log_py) / self.q
 
 
-class SCE(Loss):
+class SCE(TokenwiseLoss):
     """Symmetric cross entropy (Wang et al. 2019): ``alpha CE + beta RCE``.
 
     RCE = -sum_k p_k log(clamp(onehot_k, min=1e-4)) = -log(1e-4) (1 - p_y) ~= 9.21 (1 - p_y).
     """
 
-    accepts: ClassVar[tuple[str, ...]] = (LOGITS,)
 
-    def __init__(self, alpha: float = 0.1, beta: float = 1.0) -> None:
-        super().__init__()
+    loss_name = "sce"
+
+    def __init__(self, alpha: float = 0.1, beta: float = 1.0, average: str = "token") -> None:
+        super().__init__(average)
         self.alpha, self.beta = _active_passive_weights("sce", alpha, beta)
 
-    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def per_example(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _, log_py = _log_p_target(output, target)
         rce = _RCE_SCALE * -torch.expm1(log_py)
-        return (self.alpha * -log_py + self.beta * rce).mean()
+        return self.alpha * -log_py + self.beta * rce
 
 
-class NCERCE(Loss):
+class NCERCE(TokenwiseLoss):
     """Active-passive loss NCE + RCE (Ma et al. 2020): ``alpha NCE + beta RCE``.
 
     NCE = (-log p_y) / (-sum_k log p_k), normalised cross entropy in [0, 1]; RCE as in ``SCE``.
     """
 
-    accepts: ClassVar[tuple[str, ...]] = (LOGITS,)
 
-    def __init__(self, alpha: float = 1.0, beta: float = 1.0) -> None:
-        super().__init__()
+    loss_name = "nce_rce"
+
+    def __init__(self, alpha: float = 1.0, beta: float = 1.0, average: str = "token") -> None:
+        super().__init__(average)
         self.alpha, self.beta = _active_passive_weights("nce_rce", alpha, beta)
 
-    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def per_example(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         log_probs, log_py = _log_p_target(output, target)
         nce = log_py / log_probs.sum(dim=-1)  # the two minus signs cancel
         rce = _RCE_SCALE * -torch.expm1(log_py)
-        return (self.alpha * nce + self.beta * rce).mean()
+        return self.alpha * nce + self.beta * rce

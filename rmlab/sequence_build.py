@@ -1,0 +1,36 @@
+"""Start-up of a sequence task's run: the language model, the generation settings, and the task's examples
+tokenised with the model's tokenizer, all checked before anything is tracked (called by ``rmlab.build``).
+
+The task, loss and reward are already built and checked against the ``sequence`` kind there; this adds what only
+sequence tasks need. Reward feedback is refused: the policy-optimisation step (``rmlab.policy``) is not wired into
+training yet.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from rmlab.errors import IncompatibleError
+from rmlab.generation_config import GenerationConfig
+from rmlab.kinds import TaskInfo
+from rmlab.sequence_data import tokenize_split
+
+
+def build_sequence(cfg: DictConfig, task: Any, info: TaskInfo, loss: Any, reward: Any):
+    """``Components`` of a sequence task's run (``model`` is the language model itself, no output head)."""
+    from rmlab.build import Components, check_model_input, instantiate
+
+    if cfg.feedback.name != "none":
+        raise IncompatibleError(
+            f"feedback={cfg.feedback.name} does not work on task={info.name} yet: policy optimisation of a language "
+            "model (rmlab.policy) is not wired into training on sequence tasks. Choices of feedback that work on "
+            f"task={info.name}: none")
+    generation = GenerationConfig.from_config(OmegaConf.to_container(cfg.generation, resolve=True))
+    check_model_input(cfg.model, info)
+    model = instantiate("model", cfg.model)
+    splits = {name: tokenize_split(examples, model.tokenizer, model.max_length, name, info.name)
+              for name, examples in task.load().items()}
+    return Components(task=task, info=info, model=model, loss=loss, reward=reward, feedback=None,
+                      generation=generation, splits=splits)

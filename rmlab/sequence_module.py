@@ -1,0 +1,199 @@
+"""The Lightning side of sequence tasks: ``SequenceModule`` (training and evaluation of a language model) and
+``SequenceDataModule`` (a task's tokenised splits on the training device).
+
+``SequenceModule`` is an ``ObjectiveModule``: the same chunked manual optimisation (one optimizer step per batch of
+a chunk, or per ``accumulate_grad_batches`` batches, each batch weighed by its share of the group's sequences;
+clipping, precision, DDP through Lightning), the same loss bookkeeping, NaN check and per-step logging. What
+differs is what a batch is (``rmlab.sequence_data``) and what evaluation does:
+
+- ``{split}/loss``: the loss, teacher-forced on the reference completions;
+- ``{split}/perplexity``: exp of the mean negative log-likelihood of the reference completion tokens (whatever the
+  loss is);
+- ``{split}/reward`` (and under the reward's own name): the reward of completions generated for the split's
+  prompts with the ``generation`` settings, scored against the examples; it selects the best checkpoint;
+- ``{split}/completion_length``: mean generated tokens per completion (EOS included);
+- a table of sample generations (prompt, completion, reference, reward; for val also the epoch, numbered as the
+  ``epoch`` metric) for the split's first ``generation.log_samples`` examples, appended to the run's
+  ``samples/<split>.json`` at each evaluation.
+
+Training never generates, so the training split logs ``train/loss`` only (a reward on training prompts would cost a
+generation pass over the whole training set every epoch).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rmlab.data import limited_batches
+from rmlab.generation import GenerationConfig, decode, generate
+from rmlab.kinds import TaskInfo
+from rmlab.module import SPLITS, ObjectiveModule
+from rmlab.sequence import IGNORE_INDEX
+from rmlab.sequence_data import EvalBatches, TokenChunk, TokenizedSplit, TrainBatches
+
+TOKEN_TERMS = ("nll", "tokens", "generated", "completions")
+
+
+class SequenceModule(ObjectiveModule):
+    """A language model + a token-level loss + a text reward (see the module docstring)."""
+
+    def __init__(self, model: torch.nn.Module, loss: torch.nn.Module, reward: Any, info: TaskInfo,
+                 optimizer: dict[str, Any], max_epochs: int, log_every_n_steps: int, batch_size: int,
+                 generation: GenerationConfig, gradient_clip_val: float | None = None,
+                 accumulate_grad_batches: int = 1) -> None:
+        super().__init__(model, loss, reward, info, optimizer=optimizer, max_epochs=max_epochs,
+                         log_every_n_steps=log_every_n_steps, batch_size=batch_size,
+                         gradient_clip_val=gradient_clip_val, accumulate_grad_batches=accumulate_grad_batches)
+        self.generation = generation
+        self.tokenizer = model.tokenizer
+        self.tokens_trained = 0
+        # Per split: summed NLL of the reference tokens, their count, generated tokens, generated completions.
+        self.register_buffer("token_sums", torch.zeros(len(SPLITS), len(TOKEN_TERMS)), persistent=False)
+
+    def forward(self, ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.model(ids, attention_mask)
+
+    # -- training ------------------------------------------------------------------------------------------------
+    def training_step(self, chunk: TokenChunk, chunk_idx: int) -> None:
+        ids, labels, widths, tokens = chunk
+        if self.first_step_time is None:
+            self.first_step_time = time.time()
+        self.samples_trained += ids.shape[0]
+        self.tokens_trained += tokens
+        optimizer = self.optimizers()
+        losses, sizes, steps = [], [], []
+        first_step = self.global_step
+        for step, width in enumerate(widths):
+            start = step * self.batch_size
+            x = ids[start:start + self.batch_size, :width]
+            y = labels[start:start + self.batch_size, :width]
+            loss = self.loss_fn(self.model(x), y)
+            steps.append(self._optimize(optimizer, loss, x.shape[0]))
+            losses.append(loss.detach())
+            sizes.append(x.shape[0])
+        self._accumulate_chunk(None, labels, torch.stack(losses).float(), sizes, steps, first_step)
+
+    def _accumulate(self, split: str, output: Tensor | None, target: Tensor, loss_sum: Tensor) -> None:
+        """Add ``loss_sum`` (summed over the ``target`` rows) to the split's loss; the reward is booked apart."""
+        row = self.loss_sums[SPLITS.index(split)]
+        row[0] += loss_sum.detach().float()
+        row[1] += target.shape[0]
+
+    def _start_epoch(self, split: str) -> None:
+        super()._start_epoch(split)
+        self.token_sums[SPLITS.index(split)].zero_()
+
+    def _epoch_values(self, split: str) -> dict[str, Tensor]:
+        index = SPLITS.index(split)
+        total, count = self.loss_sums[index]
+        values = {f"{split}/loss": total / count.clamp_min(1)}
+        if split != "train":
+            nll, tokens, generated, completions = self.token_sums[index]
+            reward = self.metrics[index].compute()
+            values.update({f"{split}/reward": reward, f"{split}/{self.reward.name}": reward,
+                           f"{split}/perplexity": (nll / tokens.clamp_min(1)).exp(),
+                           f"{split}/completion_length": generated / completions.clamp_min(1)})
+        return values
+
+    # -- evaluation ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, split: str, batches: EvalBatches) -> dict[str, float]:
+        """Teacher-forced loss and perplexity, then generation scored by the reward, over the whole ``split``; logs
+        the metrics and the sample table, returns the metrics."""
+        was_training = self.training
+        self.eval()
+        self._start_epoch(split)
+        index = SPLITS.index(split)
+        trainer = self._trainer
+        context = trainer.precision_plugin.forward_context() if trainer is not None else nullcontext()
+        generator = None
+        if self.generation.do_sample:  # the same draws at every evaluation, so evaluations compare
+            generator = torch.Generator(self.device).manual_seed(self.generation.seed)
+        rows: dict[str, list] = {"prompt": [], "completion": [], "reference": [], "reward": []}
+        if split == "val":  # the test split is evaluated once, on the best weights
+            rows = {"epoch": [], **rows}
+        with context:
+            for batch in batches:
+                logits = self.model(batch.ids)
+                loss = self.loss_fn(logits, batch.labels)
+                self._accumulate(split, None, batch.labels, loss * batch.ids.shape[0])
+                nll = F.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(), reduction="sum",
+                                      ignore_index=IGNORE_INDEX)
+                out = generate(self.model, batch.prompt_ids, batch.prompt_mask, **self.generation.sampling(),
+                               generator=generator)
+                completions = decode(self.tokenizer, out)
+                scores = self.reward.score(completions, batch.examples)
+                self.metrics[index].update(scores.to(self.device, torch.float32))
+                self.token_sums[index] += torch.stack([
+                    nll, (batch.labels != IGNORE_INDEX).sum().float(), out.mask.sum().float(),
+                    torch.tensor(float(len(completions)), device=self.device)])
+                self._collect_samples(rows, batch.examples, completions, scores)
+        self._end_epoch(split)
+        self._log_samples(split, rows)
+        self.train(was_training)
+        return {k: v for k, v in self.epoch_metrics.items() if k.startswith(f"{split}/")}
+
+    def _collect_samples(self, rows: dict[str, list], examples, completions: list[str], scores: Tensor) -> None:
+        room = self.generation.log_samples - len(rows["prompt"])
+        if room <= 0:
+            return
+        epoch = self.current_epoch if self._trainer is not None else 0
+        values = scores[:room].tolist()
+        for example, completion, value in zip(examples[:room], completions[:room], values):
+            if "epoch" in rows:
+                rows["epoch"].append(epoch)
+            rows["prompt"].append(example.prompt)
+            rows["completion"].append(completion)
+            rows["reference"].append(example.completion)
+            rows["reward"].append(float(value))
+
+    def _log_samples(self, split: str, rows: dict[str, list]) -> None:
+        log_table = getattr(self.logger, "log_table", None)
+        if rows["prompt"] and log_table is not None:
+            log_table(rows, f"samples/{split}.json")
+
+
+class SequenceDataModule(pl.LightningDataModule):
+    """A sequence task's tokenised splits, moved to the trainer's device once, served as slices."""
+
+    def __init__(self, splits: dict[str, TokenizedSplit], batch_size: int, eval_batch_size: int, seed: int,
+                 steps_per_chunk: int = 1, limit_train_batches: int | float | None = None) -> None:
+        super().__init__()
+        self.host_splits = splits
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+        self.steps_per_chunk = steps_per_chunk
+        self.limit_train_batches = limit_train_batches
+        self.splits: dict[str, TokenizedSplit] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        self.splits = {name: split.to(device) for name, split in self.host_splits.items()}
+
+    def train_dataloader(self) -> TrainBatches:
+        split = self.splits["train"]
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        total = -(-len(split) // (world * self.batch_size))
+        fast = int(trainer.fast_dev_run) if trainer is not None else 0
+        limit = fast or limited_batches(self.limit_train_batches, total)
+        return TrainBatches(split, self.batch_size, seed=self.seed, steps_per_chunk=self.steps_per_chunk,
+                            max_batches=limit, rank=rank, world_size=world)
+
+    # Evaluation runs in the module (SequenceModule.evaluate), whole on every rank, as for the other kinds.
+    def val_batches(self) -> EvalBatches:
+        return EvalBatches(self.splits["val"], self.eval_batch_size)
+
+    def test_batches(self) -> EvalBatches:
+        self.setup()
+        return EvalBatches(self.splits["test"], self.eval_batch_size)

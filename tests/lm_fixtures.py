@@ -1,0 +1,47 @@
+"""Tiny sequence task and text reward for the language-model tests (the shipped ones live in rmlab.tasks.sequence and
+rmlab.rewards.text; these keep the model tests independent of them). Configs: tests/conf/{task,reward}/."""
+
+import numpy as np
+import torch
+from torchmetrics import MeanMetric
+
+from rmlab.kinds import SEQUENCE
+from rmlab.rewards.base import Reward
+from rmlab.sequence import TextExample
+from rmlab.tasks.sequence import SequenceTask
+
+CONF = "tests/conf"
+
+
+class TinyReverse(SequenceTask):
+    """Reverse a random string of letters from a small alphabet: ``"abc="`` -> ``"cba"``."""
+
+    default_name = "tiny_reverse"
+
+    def __init__(self, *, n_examples: int = 200, min_length: int = 2, max_length: int = 4, alphabet: str = "abcd",
+                 data_seed: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.n_examples, self.min_length, self.max_length = n_examples, min_length, max_length
+        self.alphabet, self.data_seed = alphabet, data_seed
+
+    def _examples(self) -> list[TextExample]:
+        rng = np.random.default_rng(self.data_seed)
+        out = []
+        for _ in range(self.n_examples):
+            length = int(rng.integers(self.min_length, self.max_length + 1))
+            text = "".join(rng.choice(list(self.alphabet), length))
+            out.append(TextExample(prompt=text + "=", completion=text[::-1]))
+        return out
+
+
+class TinyExactMatch(Reward):
+    """1 where the completion equals the reference exactly."""
+
+    accepts = (SEQUENCE,)
+    has_per_sample = True
+
+    def score(self, completions: list[str], examples: list[TextExample]) -> torch.Tensor:
+        return torch.tensor([float(c == e.completion) for c, e in zip(completions, examples)], dtype=torch.float32)
+
+    def metric(self, info):
+        return MeanMetric()
