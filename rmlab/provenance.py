@@ -69,7 +69,8 @@ def git_commit() -> str:
 
 def run_tags(cfg: DictConfig, context: dict[str, Any]) -> dict[str, str]:
     """The tags DESIGN.md lists, plus the config hash (a sweep skips jobs that already FINISHED with it) and, inside a
-    sweep, the sweep id (its directory), the job number and the job's own overrides."""
+    sweep, the sweep id (its parent run's id, unique per invocation), the sweep directory, the job number and the
+    job's own overrides."""
     tags = {
         "task": cfg.task.name, "loss": cfg.loss.name, "reward": cfg.reward.name, "seed": str(cfg.seed),
         "feedback": cfg.feedback.name, "model": cfg.model.name, "optimizer": cfg.optimizer.name,
@@ -77,6 +78,7 @@ def run_tags(cfg: DictConfig, context: dict[str, Any]) -> dict[str, str]:
         "mlflow.source.name": "rmlab", "command": command_line(), "rmlab.config_hash": config_hash(cfg),
     }
     if context.get("multirun"):
-        tags.update({"sweep_id": context["sweep_dir"], "rmlab.job_num": str(context["job_num"]),
+        tags.update({"sweep_id": context.get("parent_run_id") or "", "rmlab.sweep_dir": context["sweep_dir"],
+                     "rmlab.job_num": str(context["job_num"]),
                      "rmlab.overrides": " ".join(context["overrides"])})
     return tags

@@ -1,8 +1,8 @@
 """One run: seed, validate and build everything, then track, fit, test, and close the run with its status.
 
 Nothing is recorded until the whole config has been checked (``rmlab.build``), so a bad command line never leaves a
-run behind. Once the MLflow run is open, it is closed on every path: FINISHED, FAILED (with the error), or KILLED
-(Ctrl-C or SIGTERM).
+run behind. The run then goes through ``rmlab.lifecycle.RunLifecycle``, which opens it, handles Ctrl-C and SIGTERM,
+and closes it on every path: FINISHED, FAILED (with the error), or KILLED (Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
@@ -128,23 +128,19 @@ def global_rank() -> int:
 def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
     """Run one experiment described by a composed config. Returns the test metrics, ``val/best_reward`` and the
     MLflow ``run_id`` (None when untracked). Raises ConfigError before anything is recorded if the config is bad
-    (inside a sweep, the failed job is recorded as a FAILED child run so the sweep's summary counts it)."""
+    (inside a sweep, ``rmlab.lifecycle.sweep_job`` records the failed job as a FAILED child run)."""
     context = job_context()
     # One MLflow run per experiment: under DDP only rank 0 tracks (every rank runs this function).
     tracked = cfg.logger.name == "mlflow" and not cfg.trainer.fast_dev_run and global_rank() == 0
     if parent_run_id is None and tracked and context["multirun"]:
-        from rmlab.sweep import parent_run_id as sweep_parent
+        from rmlab.sweep_parent import parent_run_id as sweep_parent
 
         parent_run_id = sweep_parent(context["sweep_dir"])
+    context["parent_run_id"] = parent_run_id
     seed_all(cfg.seed)
-    try:
-        validate_for_context(cfg, context)
-        parts: Components = build_components(cfg)
-        set_threads(cfg, context)
-    except ConfigError as err:
-        if tracked and parent_run_id:
-            _record_failed_job(cfg, run_tags(cfg, context), parent_run_id, err)
-        raise
+    validate_for_context(cfg, context)
+    parts: Components = build_components(cfg)
+    set_threads(cfg, context)
     log.info(compact_config(cfg))
 
     tracker = None
@@ -160,6 +156,11 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
             if reused is not None:
                 print(result_block(reused, parts.reward.name, reused["run_id"], tracker.uri, _dashboard(tracker)))
                 return reused
+        elif not context["multirun"]:
+            from rmlab.tidy import close_orphans
+
+            for run_id in close_orphans(tracker.client):
+                log.warning(f"rmlab: closed run {run_id} FAILED: its process ended without closing it")
     results = _fit_and_test(cfg, parts, tracker, tags, parent_run_id)
     if global_rank() == 0:
         print(result_block(results, parts.reward.name, results["run_id"], tracker.uri if tracker else None,
@@ -170,6 +171,7 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
 def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, str],
                   parent_run_id: str | None) -> dict[str, Any]:
     from rmlab.data import TaskDataModule
+    from rmlab.lifecycle import RunLifecycle
     from rmlab.module import ObjectiveModule
 
     module = ObjectiveModule(parts.model, parts.loss, parts.reward, parts.info,
@@ -180,6 +182,7 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
     data = TaskDataModule(parts.task, seed=cfg.seed, steps_per_chunk=cfg.trainer.steps_per_chunk,
                           limit_train_batches=cfg.trainer.limit_train_batches)
     out = output_dir()
+    life = RunLifecycle(tracker, run_name(cfg), tags, parent_run_id)
     callbacks = make_callbacks(cfg, data)
     validation = callbacks[0]
     loggers = []
@@ -187,16 +190,11 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         from rmlab.tracking import TrackerLogger
 
         loggers.append(TrackerLogger(tracker))
-    try:
-        trainer = make_trainer(cfg, callbacks, loggers, out)
-    except ConfigError as err:  # a bad strategy or device list: inside a sweep, still a FAILED child
-        if tracker is not None and parent_run_id:
-            _record_failed_job(cfg, tags, parent_run_id, err)
-        raise
+    trainer = make_trainer(cfg, [*callbacks, life.lightning_callback()], loggers, out)
 
-    if tracker is not None:
-        _open_run(tracker, cfg, tags, parent_run_id)
-    try:
+    with life:  # the run exists from here on, and is closed with its status whatever happens
+        if tracker is not None:
+            _record_config(tracker, cfg)
         started = time.perf_counter()
         trainer.fit(module, datamodule=data)
         fit_s = time.perf_counter() - started
@@ -215,33 +213,8 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         if tracker is not None:
             final = {k: v for k, v in results.items() if k == "val/best_reward" or k.startswith("perf/")}
             tracker.log_metrics(final, step=trainer.global_step)
-    except BaseException as err:
-        if tracker is not None:
-            status, reason = _ending(err)
-            tracker.finish(status, error=reason)
-        raise
-    if tracker is not None:
-        tracker.finish("FINISHED")
-    results["run_id"] = tracker.run_id if tracker else None
+    results["run_id"] = life.run_id
     return results
-
-
-def _ending(err: BaseException) -> tuple[str, str]:
-    """MLflow status and reason for a run that ended with ``err``."""
-    if type(err).__name__ == "TrialPruned":
-        return "KILLED", f"pruned by Optuna: {err}"
-    if isinstance(err, (KeyboardInterrupt, SystemExit)):
-        return "KILLED", "interrupted (Ctrl-C or SIGTERM)"
-    return "FAILED", f"{type(err).__name__}: {err}"
-
-
-def _record_failed_job(cfg: DictConfig, tags: dict[str, str], parent_run_id: str, err: Exception) -> None:
-    """A sweep job whose config is invalid still gets a (FAILED) child run, so the sweep's summary counts it."""
-    from rmlab.tracking import Tracker
-
-    tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment)
-    tracker.start(run_name(cfg), tags, parent_run_id=parent_run_id)
-    tracker.finish("FAILED", error=f"{type(err).__name__}: {err}")
 
 
 def _dashboard(tracker) -> str | None:
@@ -252,15 +225,10 @@ def _dashboard(tracker) -> str | None:
     return dashboard_command(tracker.uri)
 
 
-def _open_run(tracker, cfg: DictConfig, tags: dict[str, str], parent_run_id: str | None) -> None:
-    """Create the MLflow run and record everything known before training: params, tags, config, command."""
+def _record_config(tracker, cfg: DictConfig) -> None:
+    """Record everything known before training on the open run: params, the resolved config, the command."""
     from rmlab.tracking import flatten
 
-    tracker.start(run_name(cfg), tags, parent_run_id=parent_run_id)
-    try:
-        tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
-        tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        tracker.log_text(command_line() + "\n", "command.txt")
-    except BaseException as err:
-        tracker.finish("FAILED", error=f"{type(err).__name__}: {err}")
-        raise
+    tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    tracker.log_text(command_line() + "\n", "command.txt")

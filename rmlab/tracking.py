@@ -1,26 +1,22 @@
 """MLflow tracking: the store, the experiment, one run's params, tags, metrics, artifacts and final status.
 
 Rules this module keeps (see FACTS.md for why):
-- the store is ``logger.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``: the file
-  that ``mlflow ui`` opens when started in the same directory. Never the file store that Lightning defaults to.
-- experiments on a local sqlite store get an absolute artifact location beside the database (``mlartifacts/``).
+- the store is opened through ``rmlab.store`` (which one, writable, created once under a file lock).
 - params are logged synchronously and in full (Lightning's MLFlowLogger truncates them to 250 characters); metrics
   are buffered and sent asynchronously at most every ``flush_every_s`` seconds (each write to a sqlite store costs
   milliseconds of CPU, which a small model's training would otherwise share), drained before the run is closed.
   The sending thread is our own single worker, not MLflow's async queue: closing a run shuts that queue down, which
   waits up to a second for its polling thread, a second added to every run of a sweep.
-- a run always ends with an explicit status: FINISHED, FAILED (with the error in the ``error`` tag) or KILLED.
+- a run always ends with an explicit status: FINISHED, FAILED (with the error in the ``error`` tag) or KILLED. When a
+  run opens and closes, and with which status, is ``rmlab.lifecycle``'s business; this module only records it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +25,14 @@ from mlflow.tracking import MlflowClient
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from rmlab.store import get_or_create_experiment, open_client, resolve_tracking_uri, slug, sqlite_path
+
 MAX_TAG = 8000
 
-
-def resolve_tracking_uri(configured: str | None) -> str:
-    """The store a run writes to: the configured URI, else $MLFLOW_TRACKING_URI, else ./mlflow.db (absolute)."""
-    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        # A relative sqlite path would move with the working directory; pin it now.
-        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
-    return uri
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a sqlite URI, else None."""
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+# The store's own functions, also importable from here.
+client_for = open_client
+__all__ = ["Tracker", "TrackerLogger", "client_for", "dashboard_command", "flatten", "get_or_create_experiment",
+           "open_client", "resolve_tracking_uri", "slug", "sqlite_path"]
 
 
 def dashboard_command(uri: str) -> str:
@@ -70,46 +57,21 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "experiment"
-
-
-@lru_cache(maxsize=8)
-def client_for(uri: str) -> MlflowClient:
-    """One client per store and process: opening a sqlite store (engine, schema check) costs about 0.1 s, paid once
-    per sweep instead of once per job."""
-    return MlflowClient(tracking_uri=uri)
-
-
-def get_or_create_experiment(client: MlflowClient, uri: str, name: str) -> str:
-    """The experiment's id, creating it (with an absolute artifact location on a local store) if needed."""
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    db = sqlite_path(uri)
-    location = str(db.parent / "mlartifacts" / slug(name)) if db is not None else None
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:
-        # Another process created it between our lookup and our create.
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
-
-
 class Tracker:
-    """One MLflow run, opened by ``start`` and always closed by ``finish`` with an explicit status."""
+    """One MLflow run, opened by ``start`` (or joined by ``attach``) and closed by ``finish`` with an explicit status.
+
+    ``opened`` counts the runs this process has started, so that a sweep job can tell whether its failure already has
+    a run to record it on.
+    """
+
+    opened = 0
 
     def __init__(self, tracking_uri: str | None, experiment: str, flush_every_s: float = 5.0) -> None:
         self.uri = resolve_tracking_uri(tracking_uri)
         self.flush_every_s = flush_every_s
         self._buffer: list[Metric] = []
         self._last_send = time.monotonic()
-        db = sqlite_path(self.uri)
-        if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        self.client = client_for(self.uri)
+        self.client: MlflowClient = open_client(self.uri)
         self.experiment = experiment
         self.experiment_id: str | None = None
         self.run_id: str | None = None
@@ -123,7 +85,13 @@ class Tracker:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
         self.run_id = run.info.run_id
+        Tracker.opened += 1
         return self.run_id
+
+    def attach(self, run_id: str) -> None:
+        """Record on an existing run (a sweep's parent, from the process that opened it)."""
+        self.run_id = run_id
+        self.experiment_id = self.client.get_run(run_id).info.experiment_id
 
     def log_params(self, params: Mapping[str, str]) -> None:
         # Synchronous: concurrent async batches logging one param key race and are dropped silently (FACTS.md).
@@ -143,8 +111,13 @@ class Tracker:
         """Queue the buffered metrics as one batch for the sending thread."""
         if self._buffer:
             batch, self._buffer = self._buffer, []
-            self._pending.append(self._sender.submit(self.client.log_batch, self.run_id, metrics=batch,
-                                                     synchronous=True))
+            try:
+                future = self._sender.submit(self.client.log_batch, self.run_id, metrics=batch, synchronous=True)
+            except RuntimeError:  # the interpreter is shutting down (an exit hook): no new threads, send it here
+                future = Future()
+                self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+                future.set_result(None)
+            self._pending.append(future)
         self._last_send = time.monotonic()
 
     def log_text(self, text: str, artifact_file: str) -> None:
@@ -173,11 +146,36 @@ class Tracker:
             error = f"metrics could not be stored: {type(err).__name__}: {err}" + (f"; {error}" if error else "")
         finally:
             self._sender.shutdown(wait=True)
-        if error:
-            self.client.set_tag(self.run_id, "error", error[:MAX_TAG])
-        self.client.set_terminated(self.run_id, status=status)
+        self.end_run(self.run_id, status, error)
         if failure is not None:
             raise failure
+
+    # -- other runs of the store (a sweep's children) ---------------------------------------------------------------
+
+    def end_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        """Close ``run_id`` with ``status``, recording ``error`` (if any) in its ``error`` tag."""
+        if error:
+            self.client.set_tag(run_id, "error", error[:MAX_TAG])
+        self.client.set_terminated(run_id, status=status)
+
+    def children(self, run_id: str | None = None) -> list:
+        """Every child run of ``run_id`` (default: this run), in every experiment (a sweep may vary
+        ``experiment``), oldest job first."""
+        parent = run_id or self.run_id
+        ids = [e.experiment_id for e in self.client.search_experiments()]
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(ids, filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+                                           max_results=1000, page_token=token)
+            runs += list(page)
+            token = page.token
+            if not token:
+                break
+        return sorted(runs, key=lambda r: (int(r.data.tags.get("rmlab.job_num", 0)), r.info.start_time))
+
+    def delete(self) -> None:
+        """Delete this run (a sweep parent that no job ever used)."""
+        self.client.delete_run(self.run_id)
 
 
 class TrackerLogger(Logger):
