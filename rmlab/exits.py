@@ -88,18 +88,11 @@ def _ended(err: BaseException, full: bool) -> int:
         print(f"rmlab: error: cannot create{where}: {err.strerror or err}. Run from a folder you can write, or set "
               "hydra.run.dir (hydra.sweep.dir with -m) to one", file=sys.stderr)
         return 2
-    if _is_dead_worker(err):
-        first = (str(err).strip().splitlines() or [""])[0]
-        print(f"rmlab: sweep stopped: a worker process died ({type(err).__name__}: {first})", file=sys.stderr)
+    if lifecycle.is_dead_worker(err):
+        print(f"rmlab: sweep stopped: {lifecycle.describe(err)}", file=sys.stderr)
         return sweep_code or 1
     traceback.print_exception(err)
     return sweep_code or 1
-
-
-def _is_dead_worker(err: BaseException) -> bool:
-    """joblib's ``TerminatedWorkerError`` (a worker killed by the system: out of memory, ``kill -9``)."""
-    module = sys.modules.get("joblib.externals.loky.process_executor")
-    return module is not None and isinstance(err, module.TerminatedWorkerError)
 
 
 # -- Hydra's errors in one line ------------------------------------------------------------------------------------

@@ -51,6 +51,20 @@ def is_lightning_sigterm(err: BaseException | None) -> bool:
     return module is not None and isinstance(err, module.SIGTERMException)
 
 
+def is_dead_worker(err: BaseException | None) -> bool:
+    """joblib's ``TerminatedWorkerError``: a worker process killed by the system (out of memory, ``kill -9``)."""
+    module = sys.modules.get("joblib.externals.loky.process_executor")
+    return module is not None and isinstance(err, module.TerminatedWorkerError)
+
+
+def describe(err: BaseException) -> str:
+    """One line naming an error, for a message or an ``error`` tag."""
+    if is_dead_worker(err):
+        return "a worker process died (TerminatedWorkerError: killed by the system, e.g. out of memory)"
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
 def ending(err: BaseException | None, signum: int | None) -> tuple[str, str | None, int | None]:
     """(MLflow status, reason for the ``error`` tag, interrupting signal) of a run that ended with ``err`` after
     ``signum`` (the first signal received while it was open, if any)."""

@@ -137,6 +137,10 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
 
         parent_run_id = sweep_parent(context["sweep_dir"])
     context["parent_run_id"] = parent_run_id
+    if tracked:  # an unwritable store is reported now, in one line, not after minutes of MLflow's retries
+        from rmlab.store import check_writable, resolve_tracking_uri
+
+        check_writable(resolve_tracking_uri(cfg.logger.tracking_uri))
     seed_all(cfg.seed)
     validate_for_context(cfg, context)
     parts: Components = build_components(cfg)

@@ -36,6 +36,7 @@ from typing import Any
 
 from rmlab import processes, signals
 from rmlab.errors import ConfigError
+from rmlab.lifecycle import describe
 from rmlab.signals import Interrupted
 
 log = logging.getLogger("rmlab")
@@ -220,7 +221,7 @@ class ParentRun:
             if signum is not None:
                 status, reason = "KILLED", f"interrupted ({signals.name(signum)})"
             elif error is not None:
-                status, reason = "FAILED", _describe(error)
+                status, reason = "FAILED", describe(error)
             else:
                 status, reason = "FINISHED", None
             if reason:
@@ -310,11 +311,6 @@ class ParentRun:
         """Last resort, when the sweep was not closed by the entry point (a program driving Hydra itself)."""
         if not self._closing:
             self.close(RuntimeError("the process exited before the sweep ended"))
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def close_current(error: BaseException | None) -> int | None:
