@@ -205,13 +205,13 @@ def test_planned_jobs_counts_the_basic_sweepers_grid():
     from rmlab.paths import CONFIG_DIR
     from rmlab.sweep import planned_jobs
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose("config", overrides=["sweep=noise_robustness", "loss=gce,sce"], return_hydra_config=True)
-    # The preset's grid (5 losses x 5 noise levels x 3 seeds) with its loss list replaced by the command line's two.
     from omegaconf import open_dict
 
-    with open_dict(cfg):
-        cfg.hydra.overrides.task = ["sweep=noise_robustness", "loss=gce,sce"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose("config", overrides=["sweep=noise_robustness"], return_hydra_config=True)
+    assert planned_jobs(cfg) == 5 * 5 * 3  # the preset's grid: 5 losses x 5 noise levels x 3 seeds
+    with open_dict(cfg):  # as `-m sweep=noise_robustness loss=gce,sce task=wine` would set it
+        cfg.hydra.overrides.task = ["sweep=noise_robustness", "loss=gce,sce", "task=wine"]
     assert planned_jobs(cfg) == 2 * 5 * 3
 
 
