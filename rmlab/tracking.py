@@ -86,6 +86,7 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
         self.run_id = run.info.run_id
         Tracker.opened += 1
+        self._last_send = time.monotonic()  # the flush interval counts from the run's start, not the store's opening
         return self.run_id
 
     def attach(self, run_id: str) -> None:

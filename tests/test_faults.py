@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, REPO, cli_env
+from tests.conftest import PYTHON, cli_env
 
 WINE = ["task=wine", "trainer.enable_progress_bar=false", "trainer.num_threads=1"]
 LONG = "trainer.max_epochs=100000"
@@ -337,7 +337,10 @@ def test_ctrl_c_on_a_joblib_sweep_stops_dispatching(scenarios):
     # The two jobs running when Ctrl-C came were stopped and closed their own runs; the two queued never started.
     assert sorted(c.data.tags["rmlab.job_num"] for c in children) == ["0", "1"]
     assert {c.info.status for c in children} == {"KILLED"}
-    assert {c.data.tags["error"] for c in children} == {"interrupted (SIGTERM)"}
+    # Each closed its own run when the sweep sent it SIGTERM (or, on a machine too loaded for them to close within
+    # the sweep's grace period, the sweep closed it once joblib had stopped it).
+    assert {c.data.tags["error"] for c in children} <= {"interrupted (SIGTERM)",
+                                                         "its process was stopped with the interrupted sweep"}
     assert not [r for r in scenario.runs() if r.info.status == "RUNNING"]
     assert "2 of 4 jobs never started" in (scenario.cwd / "sweep" / "summary.md").read_text()
     from rmlab.processes import pid_alive
