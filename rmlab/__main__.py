@@ -9,9 +9,9 @@ from rmlab.paths import CONFIG_DIR
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def task(cfg: DictConfig) -> dict[str, float] | None:
     """Run one job; return its metrics (what a sweeper optimises, e.g. ``val/best_reward``). How its errors and
-    interrupts end the command: ``rmlab.lifecycle.run_job`` and ``rmlab.exits``."""
+    interrupts end the command: ``rmlab.jobs.run_job`` and ``rmlab.exits``."""
     # Imported here so that --help and --cfg answer without loading torch.
-    from rmlab.lifecycle import run_job
+    from rmlab.jobs import run_job
     from rmlab.run import train
 
     return run_job(cfg, train)

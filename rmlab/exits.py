@@ -54,7 +54,7 @@ def run_command(hydra_main: Callable[[], Any]) -> NoReturn:
 
 def _ended(err: BaseException, full: bool) -> int:
     """Close an open sweep with ``err``, print what the user needs, return the exit code."""
-    from rmlab import lifecycle, signals, sweep_parent
+    from rmlab import jobs, lifecycle, signals, sweep_parent
     from rmlab.signals import Interrupted
 
     sweep_code = sweep_parent.close_current(err)
@@ -83,7 +83,7 @@ def _ended(err: BaseException, full: bool) -> int:
     if isinstance(err, RmlabError):
         print(f"rmlab: failed: {err}", file=sys.stderr)
         return 1
-    if isinstance(err, OSError) and not lifecycle.task_started:
+    if isinstance(err, OSError) and not jobs.task_started:
         where = f" {err.filename}" if err.filename else ""
         print(f"rmlab: error: cannot create{where}: {err.strerror or err}. Run from a folder you can write, or set "
               "hydra.run.dir (hydra.sweep.dir with -m) to one", file=sys.stderr)

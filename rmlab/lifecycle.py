@@ -13,9 +13,7 @@
   interrupted run raises ``Interrupted``, whose ``exit_code`` (130 for Ctrl-C, 143 for SIGTERM) the entry point exits
   with, even where Lightning turned the interrupt into ``SystemExit(1)`` or its own ``SIGTERMException``.
 
-``run_job`` is the body of the Hydra task function: a single run's errors become one line and an exit code; a sweep
-job goes through ``sweep_job``, which records a job that fails before its run exists as a FAILED child of the sweep
-(whatever the exception), so the sweep's summary counts every job that started.
+How the Hydra task function uses it, for a single run and for a sweep job: ``rmlab.jobs``.
 """
 
 from __future__ import annotations
@@ -23,20 +21,17 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
 from rmlab import processes, signals
-from rmlab.errors import ConfigError, RmlabError
 from rmlab.signals import Interrupted
 
 log = logging.getLogger("rmlab")
 
-task_started = False  # whether the Hydra task function has been entered in this process (the entry point asks)
+job_sweep_dir: Path | None = None  # the sweep folder of the job running in this process (set by rmlab.jobs)
 
 
 def is_pruned(err: BaseException | None) -> bool:
@@ -115,9 +110,12 @@ class RunLifecycle:
         self._signals.__enter__()
         self._mark = signals.mark()
         try:
-            stopped = _job_sweep_stopped()
-            if stopped is not None:  # the job of a sweep that is being interrupted: it must not start a run
-                raise Interrupted(stopped)
+            if job_sweep_dir is not None:  # the job of a sweep that is being interrupted must not start a run
+                from rmlab.sweep_parent import stop_requested
+
+                stopped = stop_requested(job_sweep_dir)
+                if stopped is not None:
+                    raise Interrupted(stopped)
             if self.tracker is not None:
                 self.run_id = self.tracker.start(self.run_name, {**self.tags, **processes.identity()},
                                                  parent_run_id=self.parent_run_id)
@@ -174,129 +172,3 @@ def _graceful_callback_type() -> type:
             self.life._graceful = False
 
     return GracefulSigterm
-
-
-# -- the task function ---------------------------------------------------------------------------------------------
-
-Work = Callable[[DictConfig], Mapping[str, Any]]
-
-_job_sweep_dir: Path | None = None  # the sweep folder of the job running in this process, if any
-
-
-def _job_sweep_stopped() -> int | None:
-    if _job_sweep_dir is None:
-        return None
-    from rmlab.sweep_parent import stop_requested
-
-    return stop_requested(_job_sweep_dir)
-
-
-def returned_metrics(results: Mapping[str, Any]) -> dict[str, float]:
-    """What the task function returns to Hydra's sweeper: the numeric results (``val/best_reward``, ...)."""
-    return {k: float(v) for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def run_job(cfg: DictConfig, work: Work) -> dict[str, float] | None:
-    """The Hydra task function's body. A single run exits with status 2 on a config error and 1 on a failed run,
-    printing one line (an interrupt propagates to the entry point, which exits 130 or 143); a sweep job never raises
-    for its own failure (see ``sweep_job``)."""
-    global task_started
-    from rmlab.provenance import job_context
-
-    task_started = True
-    context = job_context()
-    if context["multirun"]:
-        return sweep_job(cfg, context, work)
-    try:
-        results = work(cfg)
-    except ConfigError as err:
-        print(f"rmlab: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except RmlabError as err:
-        print(f"rmlab: run failed: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
-    return returned_metrics(results)
-
-
-def sweep_job(cfg: DictConfig, context: dict[str, Any], work: Work) -> dict[str, float] | None:
-    """One job of a multirun. Returns its metrics, or None when it failed or was stopped (the sweep goes on with the
-    other jobs; its run, or a FAILED child recorded here, says what happened). An Optuna pruning is raised for the
-    sweeper to count. An interrupt propagates when the job runs in the sweep's own process (it stops the sweep);
-    in a worker process the job returns and the launching process stops the sweep (see ``rmlab.sweep_parent``)."""
-    global _job_sweep_dir
-    from rmlab.sweep_parent import launched_here, stop_requested
-
-    sweep_dir = Path(context["sweep_dir"])
-    in_launcher = launched_here()
-    if stop_requested(sweep_dir) is not None:
-        print(f"rmlab: job {context['job_num']} not started: the sweep was interrupted", file=sys.stderr)
-        return None
-    opened = _runs_opened()
-    _job_sweep_dir = sweep_dir
-    try:
-        with signals.handling(signals.stop_now):
-            return returned_metrics(work(cfg))
-    except Interrupted as err:
-        if in_launcher:
-            raise
-        print(f"rmlab: job {context['job_num']} stopped: {err}", file=sys.stderr)
-        return None
-    except KeyboardInterrupt:
-        if in_launcher:
-            raise
-        print(f"rmlab: job {context['job_num']} stopped: interrupted", file=sys.stderr)
-        return None
-    except BaseException as err:
-        if is_pruned(err):
-            raise
-        if _runs_opened() == opened:  # it failed before its run existed: record it, so the summary counts it
-            try:
-                _record_failed_job(cfg, context, err)
-            except Exception as record_err:
-                log.error(f"rmlab: job {context['job_num']} could not be recorded: {type(record_err).__name__}: "
-                          f"{record_err}")
-        print(f"rmlab: job {context['job_num']} failed: {type(err).__name__}: {err}", file=sys.stderr)
-        return None
-    finally:
-        _job_sweep_dir = None
-
-
-def _runs_opened() -> int:
-    tracking = sys.modules.get("rmlab.tracking")
-    return tracking.Tracker.opened if tracking is not None else 0
-
-
-def _safe(read: Callable[[], Any], default: Any = None) -> Any:
-    try:
-        return read()
-    except Exception:
-        return default
-
-
-def _record_failed_job(cfg: DictConfig, context: dict[str, Any], err: BaseException) -> None:
-    """A FAILED child run for a sweep job that failed before opening its run, robust to the config being the
-    problem (a name, tags or experiment that cannot be computed fall back to the job's number and the parent's)."""
-    from rmlab.provenance import run_name, run_tags
-    from rmlab.sweep_parent import parent_run_id
-
-    parent = parent_run_id(context["sweep_dir"])
-    tracked = _safe(lambda: cfg.logger.name == "mlflow" and not cfg.trainer.fast_dev_run, True)
-    if not parent or not tracked:
-        return
-    from rmlab.tracking import Tracker
-
-    context = {**context, "parent_run_id": parent}
-    name = _safe(lambda: run_name(cfg), f"job-{context['job_num']}")
-    tags = _safe(lambda: run_tags(cfg, context), None) or {
-        "sweep_id": parent, "rmlab.sweep_dir": context["sweep_dir"], "rmlab.job_num": str(context["job_num"]),
-        "rmlab.overrides": " ".join(context.get("overrides", []))}
-    tracker = Tracker(_safe(lambda: cfg.logger.tracking_uri), _safe(lambda: str(cfg.experiment), ""))
-    try:
-        if not tracker.experiment:
-            raise ValueError("no experiment name")
-        tracker.start(name, {**tags, **processes.identity()}, parent_run_id=parent)
-    except Exception:  # the job's experiment is unusable: record the job in its parent's
-        experiment_id = tracker.client.get_run(parent).info.experiment_id
-        tracker.experiment = tracker.client.get_experiment(experiment_id).name
-        tracker.start(name, {**tags, **processes.identity()}, parent_run_id=parent)
-    tracker.finish("FAILED", error=f"{type(err).__name__}: {err}")

@@ -128,7 +128,7 @@ def global_rank() -> int:
 def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
     """Run one experiment described by a composed config. Returns the test metrics, ``val/best_reward`` and the
     MLflow ``run_id`` (None when untracked). Raises ConfigError before anything is recorded if the config is bad
-    (inside a sweep, ``rmlab.lifecycle.sweep_job`` records the failed job as a FAILED child run)."""
+    (inside a sweep, ``rmlab.jobs.sweep_job`` records the failed job as a FAILED child run)."""
     context = job_context()
     # One MLflow run per experiment: under DDP only rank 0 tracks (every rank runs this function).
     tracked = cfg.logger.name == "mlflow" and not cfg.trainer.fast_dev_run and global_rank() == 0

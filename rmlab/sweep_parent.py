@@ -274,9 +274,9 @@ class ParentRun:
             deadline = time.monotonic() + LOST_WAIT_S
             while any(processes.recorded_alive(r.data.tags) for r in running) and time.monotonic() < deadline:
                 time.sleep(0.5)
-                running = [r for r in running if tracker.client.get_run(r.info.run_id).info.status == "RUNNING"]
+                running = [r for r in running if tracker.get(r.info.run_id).info.status == "RUNNING"]
             for run in children:
-                status_of[run.info.run_id] = tracker.client.get_run(run.info.run_id).info.status
+                status_of[run.info.run_id] = tracker.get(run.info.run_id).info.status
         elsewhere = 0
         for run in running:
             if status_of[run.info.run_id] != "RUNNING":

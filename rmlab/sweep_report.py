@@ -93,6 +93,6 @@ class SweepReport:
 def _error_of(tracker: Any, run: Any) -> str:
     """The error a child recorded after the children were listed (a run closed while the sweep was closing)."""
     try:
-        return tracker.client.get_run(run.info.run_id).data.tags.get("error", "no error recorded")
+        return tracker.get(run.info.run_id).data.tags.get("error", "no error recorded")
     except Exception:
         return "no error recorded"

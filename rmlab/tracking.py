@@ -159,6 +159,10 @@ class Tracker:
             self.client.set_tag(run_id, "error", error[:MAX_TAG])
         self.client.set_terminated(run_id, status=status)
 
+    def get(self, run_id: str | None = None) -> Any:
+        """The run ``run_id`` (default: this run) as the store has it now."""
+        return self.client.get_run(run_id or self.run_id)
+
     def children(self, run_id: str | None = None) -> list:
         """Every child run of ``run_id`` (default: this run), in every experiment (a sweep may vary
         ``experiment``), oldest job first."""
