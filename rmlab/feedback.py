@@ -31,21 +31,31 @@ expectation is ``-grad E[R]``, for any baseline that does not depend on the acti
 Advantages are not normalised: dividing by their batch std rescales the gradient by a noisy factor, a job better left
 to the optimizer (Adam) and ``feedback_weight``. Everything runs in float32 with autocast off, and nothing reads a
 device value back to the host.
+
+On a ``sequence`` task (a language model) the policy is the model's distribution over completions, and ``check``
+builds the sequence algorithm ``rmlab.policy.SequenceReinforce`` from the same config (its KL, entropy and sampling
+keys, ``beta`` ... ``max_new_tokens``, apply to sequence tasks only; ``sigma`` and ``learn_sigma`` to value outputs
+only): ``rmlab.policy.as_policy(feedback)`` returns it.
 """
 
 import math
 from contextlib import nullcontext
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn.functional import one_hot
 
 from rmlab.errors import IncompatibleError, check
-from rmlab.kinds import LOGITS, PAIR, VALUE, TaskInfo
+from rmlab.kinds import LOGITS, PAIR, SEQUENCE, VALUE, TaskInfo
+from rmlab.policy.algorithms import SequenceReinforce
 
 BASELINES = ("none", "batch_mean", "moving_average", "greedy")
 KINDS = (LOGITS, VALUE, PAIR)
+DEFAULT_SIGMA = 0.5
+# Keys that only a sequence task uses, with their defaults (a non-default value elsewhere is an error).
+SEQUENCE_DEFAULTS: dict[str, Any] = {"beta": 0.0, "kl_estimator": "k1", "kl_in": "reward", "entropy_coef": 0.0,
+                                     "temperature": 1.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 64}
 
 
 class FeedbackOut(NamedTuple):
@@ -68,8 +78,12 @@ class Reinforce(nn.Module):
     output kind (``logits`` and ``pair`` outputs can have the same shape, so the kind is not read off the tensor).
     """
 
+    accepts: ClassVar[tuple[str, ...]] = (*KINDS, SEQUENCE)
+
     def __init__(self, loss_weight: float = 1.0, feedback_weight: float = 1.0, baseline: str = "batch_mean",
-                 momentum: float = 0.9, num_samples: int = 1, sigma: float = 0.5, learn_sigma: bool = False) -> None:
+                 momentum: float = 0.9, num_samples: int = 1, sigma: float = DEFAULT_SIGMA, learn_sigma: bool = False,
+                 beta: float = 0.0, kl_estimator: str = "k1", kl_in: str = "reward", entropy_coef: float = 0.0,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, max_new_tokens: int = 64) -> None:
         super().__init__()
         check(_number(loss_weight) and loss_weight >= 0,
               f"feedback.loss_weight must be a number >= 0, got {loss_weight!r}")
@@ -86,6 +100,15 @@ class Reinforce(nn.Module):
         check(isinstance(learn_sigma, bool), f"feedback.learn_sigma must be true or false, got {learn_sigma!r}")
         check(not (learn_sigma and feedback_weight == 0),
               "feedback.learn_sigma=true with feedback.feedback_weight=0: sigma gets no gradient; set one of them")
+        self.sequence_keys = {"beta": beta, "kl_estimator": kl_estimator, "kl_in": kl_in,
+                              "entropy_coef": entropy_coef, "temperature": temperature, "top_k": top_k,
+                              "top_p": top_p, "max_new_tokens": max_new_tokens}
+        # Validated here, where the config enters; the algorithm itself is built by check() on a sequence task.
+        SequenceReinforce(loss_weight=loss_weight, feedback_weight=feedback_weight, baseline=baseline,
+                          momentum=momentum, num_samples=num_samples, **self.sequence_keys)
+        self.beta, self.kl_estimator, self.kl_in = beta, kl_estimator, kl_in
+        self.entropy_coef, self.temperature, self.top_k, self.top_p = entropy_coef, temperature, top_k, top_p
+        self.max_new_tokens = max_new_tokens
         self.loss_weight = float(loss_weight)
         self.feedback_weight = float(feedback_weight)
         self.baseline = baseline
@@ -109,8 +132,15 @@ class Reinforce(nn.Module):
     def check(self, reward: Any, info: TaskInfo) -> None:
         """Raise before training unless the reward can be fed back on this task; bind the task's output kind."""
         kind = info.output_kind
-        check(kind in KINDS, f"feedback=reinforce supports output kinds {', '.join(KINDS)}; "
+        if kind == SEQUENCE:
+            self._bind_sequence(reward, info)
+            return
+        check(kind in KINDS, f"feedback=reinforce supports output kinds {', '.join(self.accepts)}; "
                              f"task={info.name} outputs {kind!r}")
+        changed = [f"{key}={value!r}" for key, value in self.sequence_keys.items() if value != SEQUENCE_DEFAULTS[key]]
+        check(not changed, f"feedback.{', feedback.'.join(changed)}: KL, entropy and sampling keys apply to "
+                           f"sequence tasks (language models) only, but task={info.name} outputs {kind!r}; leave "
+                           "them at their defaults")
         if not reward.has_per_sample:
             problem = "has no per-sample form (it does not decompose over samples)"
         elif not scores_actions(reward, info):
@@ -130,6 +160,17 @@ class Reinforce(nn.Module):
               f"{kind!r} (a categorical policy has no sigma); set feedback.learn_sigma=false")
         self.output_kind = kind
 
+    def _bind_sequence(self, reward: Any, info: TaskInfo) -> None:
+        check(not self.learn_sigma and self.sigma == DEFAULT_SIGMA,
+              f"feedback.sigma and feedback.learn_sigma set the Gaussian policy of value outputs, but task={info.name} "
+              f"is a sequence task; leave them at their defaults ({DEFAULT_SIGMA}, false)")
+        algorithm = SequenceReinforce(loss_weight=self.loss_weight, feedback_weight=self.feedback_weight,
+                                      baseline=self.baseline, momentum=self.momentum, num_samples=self.num_samples,
+                                      **self.sequence_keys)
+        algorithm.check(reward, info)
+        self.sequence = algorithm  # a child module: its moving average is saved with the model
+        self.output_kind = SEQUENCE
+
     # -- training -----------------------------------------------------------------------------------------------
     def combine(self, loss: Tensor, pg_loss: Tensor) -> Tensor:
         """``loss_weight * loss + feedback_weight * pg_loss``. A zero-weighted term is left out rather than multiplied
@@ -147,6 +188,9 @@ class Reinforce(nn.Module):
     def forward(self, output: Tensor, target: Tensor, reward: Any) -> FeedbackOut:
         if self.output_kind is None:
             raise RuntimeError("call Reinforce.check(reward, info) before forward: it binds the task's output kind")
+        if self.output_kind == SEQUENCE:
+            raise RuntimeError("on a sequence task reinforce runs as rmlab.policy.as_policy(feedback) through "
+                               "rmlab.policy.policy_step, not forward")
         # float32 whatever the trainer's precision: log-probabilities and advantages lose too much in 16 bits.
         with _autocast_off(output.device):
             out = output.float()

@@ -4,19 +4,33 @@
 - ``value``:  (B,) one real prediction per sample; targets are float (B,).
 - ``pair``:   (B, 2) scalar scores of (chosen, rejected); targets are float (B, 2) holding the items' hidden true
   rewards where the task knows them (NaN otherwise).
+- ``sequence``: (B, T, V) next-token logits of a language model over prompt + completion token ids; targets are int64
+  (B, T) labels, ``labels[b, t]`` the id that position ``t`` must predict where that id is a completion token (EOS
+  included), ``IGNORE_INDEX`` on prompt and padding positions (``rmlab.sequence`` holds the whole contract).
+- ``sequence_pair``: a language model on preference pairs (prompt, chosen completion, rejected completion). The output
+  is ``rmlab.losses.preference_lm.PairLogps``: the policy's summed log-probs of the chosen and rejected completions
+  and their token counts, each (B,), from its logits over the batch ``[chosen rows; rejected rows]``
+  (``pair_logps``); the target is the frozen reference policy's ``PairLogps`` of the same pairs (computed once per
+  dataset and cached), or None for a reference-free loss (``needs_reference = False``).
 
-Input types: ``features`` (float (B, D), or (B, 2, D) for pairs) or ``tokens`` (int64 token ids (B, L), or
-(B, 2, L) for pairs) which only a text model accepts.
+Input types: ``features`` (float (B, D), or (B, 2, D) for pairs), ``tokens`` (int64 token ids (B, L), or
+(B, 2, L) for pairs) which only a text model accepts, or ``text`` (prompts and completions as strings, tokenised by
+the language model's own tokenizer) which only a language model accepts.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 LOGITS = "logits"
 VALUE = "value"
 PAIR = "pair"
-ALL_KINDS = (LOGITS, VALUE, PAIR)
+SEQUENCE = "sequence"
+SEQUENCE_PAIR = "sequence_pair"
+ALL_KINDS = (LOGITS, VALUE, PAIR, SEQUENCE, SEQUENCE_PAIR)
 FEATURES = "features"
 TOKENS = "tokens"
+TEXT = "text"
 
 
 @dataclass(frozen=True)
@@ -29,3 +43,8 @@ class TaskInfo:
     num_classes: int | None = None  # classification only
     input_type: str = FEATURES  # what the model is fed: FEATURES or TOKENS (input_dim is then the sequence length)
     true_reward: bool = False  # pair tasks: targets hold each item's hidden true reward (synthetic tasks)
+    # Sequence tasks: the label set of a text classification task (the completion is one of these strings), and
+    # the task's own answer checker ``verifier(completion, example) -> float`` in [0, 1] where it has one
+    # (``rmlab.sequence.Verifier``).
+    labels: tuple[str, ...] | None = None
+    verifier: Callable[[str, Any], float] | None = None

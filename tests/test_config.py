@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rmlab.build import build_components, group_options
-from rmlab.errors import ConfigError
+from rmlab.errors import ConfigError, IncompatibleError
 from rmlab.paths import CONFIG_DIR
 from tests.conftest import PYTHON, REPO, cli_env, compose_config
 
@@ -23,6 +23,9 @@ PAIR_OPTIONS = {
     "reward": {"preference_accuracy", "reward_margin", "true_reward_spearman", "preference_neg_ece"},
 }
 NEED_A_PATH = {"csv", "preference_file"}
+# Language-model options that no packaged task trains until the sequence path lands: they compose and build, and
+# refuse today's tasks naming the choices that work (list a sequence task for them once one ships).
+NO_TASK_YET = {"loss": {"dpo", "simpo", "orpo"}, "feedback": {"grpo", "rloo"}}
 
 
 def options(group):
@@ -55,6 +58,10 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
         extra = ["task=preference_file", "model=text_transformer", *PAIR[1:]]
         overrides += [o for o in extra if o not in overrides] + [f"task.path={path}"]
     cfg = compose_config(*overrides)
+    if option in NO_TASK_YET.get(group, ()):
+        with pytest.raises(IncompatibleError, match=f"{group}={option} .*task=digits.* Choices of {group} that work"):
+            build_components(cfg)
+        return
     parts = build_components(cfg)
     assert parts.info.output_kind in parts.loss.accepts
 

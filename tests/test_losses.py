@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from rmlab import losses
 from rmlab.errors import ConfigError
-from rmlab.kinds import LOGITS, VALUE, TaskInfo
+from rmlab.kinds import LOGITS, SEQUENCE_PAIR, VALUE, TaskInfo
 from rmlab.losses import GCE, MAE, MSE, NCERCE, SCE, CrossEntropy, Focal, Huber, LogCosh, SmoothL1
 
 CONF_LOSS = Path(__file__).resolve().parents[1] / "conf" / "loss"
@@ -272,7 +272,14 @@ def test_yaml_instantiates(path: Path) -> None:
     cfg.pop("name")
     loss = hydra.utils.instantiate(cfg)
     assert isinstance(loss, losses.Loss) and loss.accepts
-    out, tgt = _value_batch() if VALUE in loss.accepts else _logits_batch()
+    if SEQUENCE_PAIR in loss.accepts:  # summed log-probs of (chosen, rejected) completions, policy and reference
+        from rmlab.losses.preference_lm import PairLogps
+
+        counts = torch.tensor([3.0, 5.0])
+        out = PairLogps(torch.tensor([-2.0, -4.0]), torch.tensor([-3.0, -6.0]), counts, counts)
+        tgt = PairLogps(torch.tensor([-2.5, -4.0]), torch.tensor([-2.5, -5.0]), counts, counts)
+    else:
+        out, tgt = _value_batch() if VALUE in loss.accepts else _logits_batch()
     assert torch.isfinite(loss(out, tgt))
 
 

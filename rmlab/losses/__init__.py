@@ -7,12 +7,15 @@ Classification (``classification.py``), accept ``logits``:
     CrossEntropy (cross_entropy), Focal (focal), and the label-noise-robust GCE (gce), SCE (sce), NCERCE (nce_rce)
 Pairwise (``pairwise.py``), accept ``pair`` (functions of the score difference chosen - rejected):
     BradleyTerry (bradley_terry), MarginRanking (hinge), LogExp (log_exp), IPO (ipo)
+Preference optimisation of a language model (``preference_lm.py``), accept ``sequence_pair``:
+    DPO (dpo; loss_type sigmoid | ipo | hinge), SimPO (simpo), ORPO (orpo)
 """
 
 from rmlab.losses.base import Loss
 from rmlab.losses.classification import GCE, NCERCE, SCE, CrossEntropy, Focal
 from rmlab.losses.pairwise import IPO, BradleyTerry, LogExp, MarginRanking
 from rmlab.losses.pointwise import MAE, MSE, Huber, LogCosh, PointwiseLoss, SmoothL1
+from rmlab.losses.preference_lm import DPO, ORPO, SimPO
 
 __all__ = [
     "Loss",
@@ -31,4 +34,7 @@ __all__ = [
     "MarginRanking",
     "LogExp",
     "IPO",
+    "DPO",
+    "SimPO",
+    "ORPO",
 ]
