@@ -94,7 +94,7 @@ def sweep_job(cfg: DictConfig, context: dict[str, Any], work: Work) -> dict[str,
             except Exception as record_err:
                 log.error(f"rmlab: job {context['job_num']} could not be recorded: {type(record_err).__name__}: "
                           f"{record_err}")
-        print(f"rmlab: job {context['job_num']} failed: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"rmlab: job failed (job {context['job_num']}): {type(err).__name__}: {err}", file=sys.stderr)
         return None
     finally:
         lifecycle.job_sweep_dir = None
