@@ -41,6 +41,7 @@ class Done:
 class Scenario:
     cwd: Path
     results: dict = field(default_factory=dict)
+    procs: list = field(default_factory=list)  # the commands it started (see ``start``)
 
     @property
     def uri(self) -> str:
@@ -74,9 +75,25 @@ def run(cmd: list[str], cwd: Path, timeout: float = DEADLINE_S) -> Done:
     return Done(proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - start)
 
 
-def start(cmd: list[str], cwd: Path) -> subprocess.Popen:
+def start(scenario: Scenario, cmd: list[str], cwd: Path | None = None) -> subprocess.Popen:
+    """Start a command in its own process group (its joblib workers join it), so that ``stop`` can end it with
+    everything it started if the scenario fails half-way (a sweep of 100000 epochs must not outlive its test)."""
+    cwd = cwd or scenario.cwd
     cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(cmd, cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    scenario.procs.append(proc)
+    return proc
+
+
+def stop(scenario: Scenario) -> None:
+    for proc in scenario.procs:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.communicate(timeout=60)
 
 
 def finish(proc: subprocess.Popen, timeout: float = DEADLINE_S) -> Done:
@@ -125,21 +142,21 @@ def fresh_store(scenario: Scenario) -> None:
         rounds.append((uri, [finish(p) for p in procs]))
     scenario.results["rounds"] = rounds
     cli = scenario.cwd / "cli"
-    procs = [start(command(*WINE, "trainer.max_epochs=1", f"seed={seed}"), cli) for seed in range(4)]
+    procs = [start(scenario, command(*WINE, "trainer.max_epochs=1", f"seed={seed}"), cli) for seed in range(4)]
     scenario.results["cli"] = [finish(p) for p in procs]
 
 
 def same_second(scenario: Scenario) -> None:
     """Two sweeps started together, each in its default sweep folder, with different experiments."""
-    procs = [start(command("-m", *WINE, "trainer.max_epochs=1", f"loss={loss}", "seed=0,1", f"experiment={loss}_study"),
-                   scenario.cwd) for loss in ("gce", "sce")]
+    procs = [start(scenario, command("-m", *WINE, "trainer.max_epochs=1", f"loss={loss}", "seed=0,1",
+                                     f"experiment={loss}_study")) for loss in ("gce", "sce")]
     scenario.results["sweeps"] = [finish(p) for p in procs]
 
 
 def interrupted_sweep(scenario: Scenario) -> None:
     """Job 0 finishes, job 1 runs long; a second sweep asks for the same folder meanwhile; SIGTERM stops the first."""
     sweep_dir = scenario.cwd / "sweep"
-    proc = start(command("-m", *WINE, "trainer.max_epochs=1,100000", f"hydra.sweep.dir={sweep_dir}"), scenario.cwd)
+    proc = start(scenario, command("-m", *WINE, "trainer.max_epochs=1,100000", f"hydra.sweep.dir={sweep_dir}"))
     wait_for_running_children(scenario, proc, 1, job_num="1")
     scenario.results["same_dir"] = run(command("-m", *WINE, "seed=5,6", f"hydra.sweep.dir={sweep_dir}"),
                                        scenario.cwd / "other")
@@ -169,7 +186,7 @@ JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", LONG, "seed=0,1,2,
 
 def killed_worker(scenario: Scenario) -> None:
     """A joblib sweep of 4 long jobs, 2 at a time; one worker is killed with SIGKILL (as out of memory would)."""
-    proc = start(command("-m", *WINE, *JOBLIB, f"hydra.sweep.dir={scenario.cwd / 'sweep'}"), scenario.cwd)
+    proc = start(scenario, command("-m", *WINE, *JOBLIB, f"hydra.sweep.dir={scenario.cwd / 'sweep'}"))
     running = wait_for_running_children(scenario, proc, 2)
     os.kill(int(running[0].data.tags["rmlab.pid"]), signal.SIGKILL)
     scenario.results["sweep"] = finish(proc)
@@ -177,7 +194,7 @@ def killed_worker(scenario: Scenario) -> None:
 
 def joblib_ctrl_c(scenario: Scenario) -> None:
     """A joblib sweep of 4 long jobs, 2 at a time; Ctrl-C (SIGINT) to the launching process only."""
-    proc = start(command("-m", *WINE, *JOBLIB, f"hydra.sweep.dir={scenario.cwd / 'sweep'}"), scenario.cwd)
+    proc = start(scenario, command("-m", *WINE, *JOBLIB, f"hydra.sweep.dir={scenario.cwd / 'sweep'}"))
     scenario.results["pids"] = {int(r.data.tags["rmlab.pid"]) for r in wait_for_running_children(scenario, proc, 2)}
     proc.send_signal(signal.SIGINT)
     scenario.results["sweep"] = finish(proc)
@@ -204,7 +221,10 @@ def scenarios(request, tmp_path_factory) -> dict[str, Future]:
     def play(name: str) -> Scenario:
         scenario = Scenario(root / name)
         scenario.cwd.mkdir()
-        SCENARIOS[name][0](scenario)
+        try:
+            SCENARIOS[name][0](scenario)
+        finally:
+            stop(scenario)  # what it started and left running: nothing, unless it failed half-way
         return scenario
 
     futures = {name: pool.submit(play, name) for name in needed}
