@@ -7,7 +7,7 @@ Prints one JSON object per line:
   calls) with MLflow tracking on, into a temporary store; its samples/s is over the whole fit (training, per-epoch
   validation, logging), the raw loop's over its training plus the same per-epoch validation;
 - ``startup``: wall time of a whole default run (``python -m rmlab``), the time from the command to its first
-  training step, and of ``python -m rmlab --help``;
+  training step, of ``python -m rmlab --help``, and of a command with a config error until its one-line error;
 - ``sweep_tiny`` / ``sweep_small``: a 12-job sweep in one ``python -m rmlab -m`` command, of tiny runs (wine, 5
   epochs) and of default runs: wall time per job (the sweep's start-up included), against one standalone run's wall
   time and against the pure training time (fit) of a job.
@@ -131,9 +131,21 @@ def bench_startup() -> None:
     first_step = last_runs(cwd, 1)[0].data.metrics["perf/first_step_unix"] - started
     help_started = time.time()
     subprocess.run([sys.executable, "-m", "rmlab", "--help"], capture_output=True, check=True)
+    help_s = time.time() - help_started
     print(json.dumps({"case": "startup", "default_run_wall_s": round(wall, 2),
-                      "command_to_first_step_s": round(first_step, 2),
-                      "help_s": round(time.time() - help_started, 2)}), flush=True)
+                      "command_to_first_step_s": round(first_step, 2), "help_s": round(help_s, 2),
+                      "config_error_s": round(config_error_s(cwd), 2)}), flush=True)
+
+
+def config_error_s(cwd, tries: int = 5) -> float:
+    """Median wall time of a command with a bad value (``optimizer.lr=-1``) until its one-line error, exit code 2."""
+    times = []
+    for _ in range(tries):
+        started = time.time()
+        done = subprocess.run([sys.executable, "-m", "rmlab", "optimizer.lr=-1"], cwd=cwd, capture_output=True)
+        times.append(time.time() - started)
+        assert done.returncode == 2, done.stderr
+    return statistics.median(times)
 
 
 SWEEP_CASES = {

@@ -1,7 +1,8 @@
 """Turn a composed config into the run's components, checking everything before any training starts.
 
 ``build_components(cfg)`` instantiates the task (and loads its data, so a bad file fails here), the model, loss and
-reward, and validates the optimizer and trainer settings. Every problem raises a ``ConfigError`` that names it and
+reward, after ``rmlab.validate`` has checked the parts without a ``_target_`` (trainer, optimizer, logger, root keys),
+and checks that the requested accelerator and devices exist. Every problem raises a ``ConfigError`` that names it and
 the valid choices; an incompatible task x loss x reward combination raises ``IncompatibleError`` listing the options
 of that group that do work with the task. Only torch and the project's own modules are imported here: no Lightning,
 no MLflow.
@@ -18,10 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from rmlab.errors import ConfigError, IncompatibleError, check
 from rmlab.kinds import FEATURES, TaskInfo
 from rmlab.models import KindHead, output_dim
-from rmlab.optim import validate_optimizer
 from rmlab.paths import CONFIG_DIR
-
-PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64")
+from rmlab.validate import validate_config
 
 
 @dataclass
@@ -138,52 +137,55 @@ def check_model_input(model_cfg: DictConfig, info: TaskInfo) -> None:
     _require("model", model_cfg.name, accepted, info.input_type, info, "inputs are", "input_types", (FEATURES,))
 
 
-def validate_trainer(trainer: DictConfig) -> None:
-    """Check the Trainer settings that would otherwise fail (or silently misbehave) after start-up."""
-    check(str(trainer.precision) in PRECISIONS,
-          f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {trainer.precision!r}")
-    check(isinstance(trainer.max_epochs, int) and trainer.max_epochs >= 1,
-          f"trainer.max_epochs must be an integer >= 1, got {trainer.max_epochs}")
-    check(isinstance(trainer.log_every_n_steps, int) and trainer.log_every_n_steps >= 1,
-          f"trainer.log_every_n_steps must be an integer >= 1, got {trainer.log_every_n_steps}")
-    check(isinstance(trainer.steps_per_chunk, int) and trainer.steps_per_chunk >= 1,
-          f"trainer.steps_per_chunk must be an integer >= 1, got {trainer.steps_per_chunk}")
-    check(isinstance(trainer.check_val_every_n_epoch, int) and trainer.check_val_every_n_epoch >= 1,
-          f"trainer.check_val_every_n_epoch must be an integer >= 1, got {trainer.check_val_every_n_epoch}")
-    limit = trainer.limit_train_batches
-    check(limit is None or (not isinstance(limit, bool) and (
-        (isinstance(limit, int) and limit >= 1) or (isinstance(limit, float) and 0 < limit <= 1))),
-          f"trainer.limit_train_batches must be null, a fraction in (0, 1] or an integer count >= 1, got {limit}")
-    runs = trainer.fast_dev_run
-    check(isinstance(runs, bool) or (isinstance(runs, int) and runs >= 1),
-          f"trainer.fast_dev_run must be true, false or a number of batches >= 1, got {runs}")
-    threads = trainer.num_threads
-    check(threads is None or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1),
-          f"trainer.num_threads must be null or an integer >= 1, got {threads}")
-    check(trainer.strategy not in ("ddp_spawn", "ddp_notebook", "ddp_fork"),
-          f"trainer.strategy={trainer.strategy} is not supported yet: the epoch-end validation state (best weights, "
-          "val/best_reward) would stay in the spawned workers. Use trainer.strategy=ddp (or auto)")
-    clip = trainer.gradient_clip_val
-    check(clip is None or clip > 0, f"trainer.gradient_clip_val must be null or > 0, got {clip}")
-    check(trainer.accelerator in ("cpu", "gpu", "cuda", "mps", "tpu", "auto"),
-          f"trainer.accelerator must be one of cpu, gpu, cuda, mps, tpu, auto; got {trainer.accelerator!r}")
-    stop = trainer.early_stopping
-    check(stop.patience >= 1, f"trainer.early_stopping.patience must be >= 1, got {stop.patience}")
-    check(stop.min_delta >= 0, f"trainer.early_stopping.min_delta must be >= 0, got {stop.min_delta}")
+def check_devices_available(trainer: DictConfig) -> None:
+    """The accelerator exists on this machine and has as many devices as asked for: checked here, before any store
+    or run is created, rather than by Lightning once the run is open."""
+    accelerator = trainer.accelerator
+    wanted = device_ids(trainer.devices)
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        check(have > 0, f"trainer.accelerator={accelerator} but this machine has no CUDA GPU visible to torch "
+                        f"(torch {torch.__version__}); use trainer.accelerator=cpu")
+    elif accelerator == "mps":
+        import torch
+
+        have = 1 if torch.backends.mps.is_available() else 0
+        check(have > 0, "trainer.accelerator=mps but MPS is not available here; use trainer.accelerator=cpu")
+    elif accelerator == "tpu":
+        import importlib.util
+
+        check(importlib.util.find_spec("torch_xla") is not None,
+              "trainer.accelerator=tpu needs the torch_xla package, which is not installed; "
+              "use trainer.accelerator=cpu")
+        return
+    else:
+        return  # cpu: any number of processes; auto: Lightning picks what exists
+    if isinstance(wanted, int):
+        check(wanted <= have, f"trainer.devices={trainer.devices} but this machine has {have} {accelerator} "
+                              f"device(s)")
+    elif wanted is not None:
+        check(max(wanted) < have, f"trainer.devices={trainer.devices} names a device this machine does not have "
+                                  f"(it has {have} {accelerator} device(s): ids 0 to {have - 1})")
 
 
-def validate_logger(logger: DictConfig) -> None:
-    check(logger.name in ("mlflow", "none"), f"logger must be mlflow or none, got {logger.name!r}")
-    if logger.name == "mlflow":
-        check(isinstance(logger.flush_every_s, (int, float)) and logger.flush_every_s > 0,
-              f"logger.flush_every_s must be > 0, got {logger.flush_every_s}")
+def device_ids(devices: Any) -> int | list[int] | None:
+    """A validated trainer.devices as a count (int), a list of ids, or None (auto / -1: all there are)."""
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text in ("auto", "-1"):
+            return None
+        return [int(d) for d in text.split(",") if d.strip()] if "," in text else int(text)
+    if isinstance(devices, int):
+        return None if devices == -1 else devices
+    return [int(d) for d in devices]
 
 
 def build_components(cfg: DictConfig) -> Components:
     """Validate the whole config and build the task, model, loss, reward (and feedback); raise ConfigError first."""
-    validate_trainer(cfg.trainer)
-    validate_logger(cfg.logger)
-    validate_optimizer(OmegaConf.to_container(cfg.optimizer, resolve=True))
+    validate_config(cfg)  # what needs no torch (rmlab.run has already done it; cheap to repeat for direct callers)
+    check_devices_available(cfg.trainer)
     task = instantiate("task", cfg.task)
     loss = instantiate("loss", cfg.loss)
     reward = instantiate("reward", cfg.reward)

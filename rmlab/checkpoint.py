@@ -7,8 +7,18 @@ about 4 ms of bookkeeping per epoch, more than a small model's evaluation), then
   improvement copies the module's tensors on the device, and ``best.ckpt`` is written once, after fit;
 - stops training after ``patience`` epochs without an improvement of at least ``min_delta`` (early stopping);
 - reports the value to the job's Optuna trial and stops a trial the study's pruner gives up on.
+
+A NaN or infinite ``val/reward`` is the worst value there is: it never becomes the best (``score > nan`` is never
+true, so a NaN kept as best would freeze the selection), any finite value beats it, and it counts as a validation
+without improvement for early stopping.
+
+**Selection.** The weights that are tested, and the validation reward that goes with them, come from the same epoch
+(``selected()``): with ``keep_best`` the best epoch's (tag ``rmlab.selection=best``), else the last validated epoch's
+(``last``; also when no validation gave a finite value). ``rmlab.run`` logs that value as ``val/selected_reward``,
+the metric sweeps and the Optuna objective select on.
 """
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +36,10 @@ class Validation(pl.Callback):
         self.keep_best = keep_best
         self.patience, self.min_delta = patience, min_delta
         self.optuna_cfg = optuna_cfg
-        self.best_score: float | None = None
+        self.best_score: float | None = None  # finite, or None while no validation gave a finite value
         self.best_epoch: int | None = None
+        self.last_score: float | None = None
+        self.last_epoch: int | None = None
         self.state: dict[str, torch.Tensor] | None = None
         self.stale_epochs = 0
 
@@ -37,11 +49,14 @@ class Validation(pl.Callback):
         if (epoch + 1) % self.every_n_epochs and not last:
             return
         score = module.evaluate("val", self.val_batches())[MONITOR]
+        self.last_score, self.last_epoch = score, epoch
+        finite = math.isfinite(score)  # NaN and +-inf are the worst value: never the best
         first = self.best_score is None
         # Early stopping counts only improvements of at least min_delta (as Lightning's EarlyStopping does) ...
-        self.stale_epochs = 0 if first or score > self.best_score + self.min_delta else self.stale_epochs + 1
+        significant = finite and (first or score > self.best_score + self.min_delta)
+        self.stale_epochs = 0 if significant else self.stale_epochs + 1
         # ... while any improvement updates the best weights.
-        if first or score > self.best_score:
+        if finite and (first or score > self.best_score):
             self.best_score, self.best_epoch = score, epoch
             if self.keep_best:
                 self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -57,6 +72,13 @@ class Validation(pl.Callback):
             import optuna
 
             raise optuna.TrialPruned(f"{MONITOR}={score:.4f} at epoch {epoch}")
+
+    def selected(self) -> tuple[str, float | None, int | None]:
+        """(selection, val/reward, epoch) of the weights that are tested: ``best`` when the best weights were kept,
+        else ``last`` (the weights training ended with, and the last validation's value)."""
+        if self.keep_best and self.state is not None:
+            return "best", self.best_score, self.best_epoch
+        return "last", self.last_score, self.last_epoch
 
     def restore(self, module: pl.LightningModule) -> None:
         """Load the best weights back into ``module`` (no-op if none were kept)."""

@@ -1,5 +1,6 @@
 """What a run prints: the resolved config in a few lines at the start, a short block of results at the end."""
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,8 +37,11 @@ def result_block(metrics: Mapping[str, float], reward_name: str, run_id: str | N
         f"  test/loss    {metrics.get('test/loss', float('nan')):.4f}",
         f"  test/reward  {metrics.get('test/reward', float('nan')):.4f}  ({reward_name})",
     ]
-    if "val/best_reward" in metrics:
-        lines.append(f"  best val/reward {metrics['val/best_reward']:.4f}")
+    if "val/selected_reward" in metrics:
+        which = "best" if "val/best_reward" in metrics else "last"
+        epoch = metrics.get("val/selected_epoch")
+        at = f", epoch {int(epoch) + 1}" if epoch is not None and math.isfinite(epoch) else ""
+        lines.append(f"  val/reward   {metrics['val/selected_reward']:.4f}  (of the tested weights: {which}{at})")
     if run_id:
         lines += [f"  run id       {run_id}", f"  store        {store}", f"  dashboard    {dashboard}"]
     else:

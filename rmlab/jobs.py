@@ -114,28 +114,34 @@ def _safe(read: Callable[[], Any], default: Any = None) -> Any:
 
 def _record_failed_job(cfg: DictConfig, context: dict[str, Any], err: BaseException) -> None:
     """A FAILED child run for a sweep job that failed before opening its run, robust to the config being the
-    problem (a name, tags or experiment that cannot be computed fall back to the job's number and the parent's)."""
+    problem: a name or tags that cannot be computed fall back to what places the job in its sweep (its number and
+    overrides, so the summary counts it in its cell); a job whose ``experiment`` or ``logger`` is the invalid part is
+    recorded in its parent's experiment and store."""
+    import shlex
+
     from rmlab.provenance import run_name, run_tags
     from rmlab.sweep_parent import parent_run_id
-
-    parent = parent_run_id(context["sweep_dir"])
-    tracked = _safe(lambda: cfg.logger.name == "mlflow" and not cfg.trainer.fast_dev_run, True)
-    if not parent or not tracked:
-        return
     from rmlab.tracking import Tracker
 
+    parent = parent_run_id(context["sweep_dir"])
+    if not parent:  # an untracked sweep
+        return
     context = {**context, "parent_run_id": parent}
-    name = _safe(lambda: run_name(cfg), f"job-{context['job_num']}")
+    name = _safe(lambda: str(run_name(cfg)), f"job-{context['job_num']}")
     tags = _safe(lambda: run_tags(cfg, context), None) or {
-        "sweep_id": parent, "rmlab.sweep_dir": context["sweep_dir"], "rmlab.job_num": str(context["job_num"]),
-        "rmlab.overrides": " ".join(context.get("overrides", []))}
-    tracker = Tracker(_safe(lambda: cfg.logger.tracking_uri), _safe(lambda: str(cfg.experiment), ""))
+        "sweep_id": parent, "rmlab.sweep_dir": str(context["sweep_dir"]), "rmlab.job_num": str(context["job_num"]),
+        "rmlab.overrides": shlex.join(context.get("overrides", [])), "mlflow.source.name": "rmlab"}
+    uri = _safe(lambda: cfg.logger.get("tracking_uri") if cfg.logger.get("name") == "mlflow" else None)
+    experiment = _safe(lambda: cfg.get("experiment"))
+    tracker = Tracker(uri if isinstance(uri, str) and uri else None, "")
     try:
-        if not tracker.experiment:
-            raise ValueError("no experiment name")
-        tracker.start(name, {**tags, **processes.identity()}, parent_run_id=parent)
-    except Exception:  # the job's experiment is unusable: record the job in its parent's
-        experiment_id = tracker.get(parent).info.experiment_id
-        tracker.experiment = tracker.client.get_experiment(experiment_id).name
-        tracker.start(name, {**tags, **processes.identity()}, parent_run_id=parent)
+        if isinstance(experiment, str) and experiment.strip():
+            tracker.experiment = experiment
+        else:
+            experiment_id = tracker.get(parent).info.experiment_id
+            tracker.experiment = tracker.client.get_experiment(experiment_id).name
+    except Exception as lookup:  # the parent is not in that store either: nothing to attach the job to
+        log.warning(f"rmlab: failed job {context['job_num']} not recorded: {type(lookup).__name__}: {lookup}")
+        return
+    tracker.start(name, {**tags, **processes.identity()}, parent_run_id=parent)
     tracker.finish("FAILED", error=f"{type(err).__name__}: {err}")

@@ -5,9 +5,12 @@ A model class takes ``input_dim`` and ``output_dim`` (filled in from the task) p
 ``pair`` scores both items of a (B, 2, D) pair with the same network, giving (B, 2) = (chosen, rejected).
 """
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
 from rmlab.errors import check
+from rmlab.validate import is_int, is_real
 from rmlab.kinds import LOGITS, PAIR, VALUE, TaskInfo
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU}
@@ -18,12 +21,14 @@ class MLP(nn.Sequential):
 
     def __init__(self, input_dim: int, output_dim: int, hidden_sizes=(128, 128), activation: str = "relu",
                  dropout: float = 0.0) -> None:
+        check(isinstance(hidden_sizes, Sequence) and not isinstance(hidden_sizes, str)
+              and all(is_int(h) and h >= 1 for h in hidden_sizes),
+              f"model.hidden_sizes must be a list of positive integers (e.g. [128, 128], or [] for none), "
+              f"got {hidden_sizes!r}")
         hidden_sizes = list(hidden_sizes)
-        check(all(isinstance(h, int) and h >= 1 for h in hidden_sizes),
-              f"model.hidden_sizes must be a list of positive integers, got {hidden_sizes}")
         check(activation in ACTIVATIONS,
               f"model.activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        check(0.0 <= dropout < 1.0, f"model.dropout must be in [0, 1), got {dropout}")
+        check(is_real(dropout) and 0.0 <= dropout < 1.0, f"model.dropout must be a number in [0, 1), got {dropout!r}")
         layers: list[nn.Module] = []
         width = input_dim
         for hidden in hidden_sizes:

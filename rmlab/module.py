@@ -1,9 +1,16 @@
-"""The LightningModule that trains one (loss, reward) pair on a task, and logs what DESIGN.md names.
+"""The LightningModule that trains one (loss, reward) pair on a task, and logs its metrics.
 
 Training uses manual optimisation over chunks: Lightning hands the module a chunk of consecutive batches (see
 ``rmlab.data``) and the module runs one optimizer step per batch, so Lightning's per-step machinery runs once per
 chunk. Gradient clipping, mixed precision and DDP gradient sync still go through Lightning (``manual_backward``,
 ``clip_gradients``, the wrapped optimizer); the LR scheduler is stepped once per epoch.
+
+Gradient accumulation (``accumulate_grad_batches`` = N): the gradients of N consecutive batches are summed and one
+optimizer step (with its clipping) is taken on them. Each batch's loss is weighted by its share of the group's
+samples, so a group's gradient is the gradient of the mean loss over all its samples, exactly what one batch N times
+larger would give; the last group of an epoch takes the batches that are left (possibly fewer, and a short last
+batch). Groups may span chunks. Steps (``global_step``, ``log_every_n_steps``, ``train/loss_step``) count optimizer
+steps; ``train/loss_step`` is the group's mean loss.
 
 Metrics: ``{split}/loss`` and ``{split}/reward`` (plus the reward under its own name, ``val/accuracy``), per epoch
 for every split, and ``train/loss_step`` every ``log_every_n_steps`` optimizer steps. Everything is accumulated on the
@@ -37,11 +44,17 @@ class ObjectiveModule(pl.LightningModule):
 
     def __init__(self, model: torch.nn.Module, loss: torch.nn.Module, reward, info: TaskInfo,
                  optimizer: dict[str, Any], max_epochs: int, log_every_n_steps: int, batch_size: int,
-                 gradient_clip_val: float | None = None, feedback=None) -> None:
+                 gradient_clip_val: float | None = None, feedback=None, accumulate_grad_batches: int = 1) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.batch_size = batch_size
         self.gradient_clip_val = gradient_clip_val
+        self.accumulate_grad_batches = accumulate_grad_batches
+        # Position in the epoch, for gradient accumulation: batches trained so far, samples in the epoch, and the
+        # (loss x samples, samples) of the group in progress, on the host (read with the chunk's one sync).
+        self._epoch_batches = 0
+        self._epoch_samples: int | None = None
+        self._group_loss = [0.0, 0]
         self.model = model
         self.loss_fn = loss
         self.reward = reward
@@ -119,6 +132,26 @@ class ObjectiveModule(pl.LightningModule):
     # -- training ------------------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
         self._start_epoch("train")
+        self._epoch_batches = 0
+        self._group_loss = [0.0, 0]
+        # Samples this rank trains on this epoch (rmlab.data.TensorBatches knows): where the last group ends.
+        self._epoch_samples = getattr(self.trainer.train_dataloader, "samples", None)
+        if self.accumulate_grad_batches > 1 and self._epoch_samples is None:
+            raise TypeError("accumulate_grad_batches > 1 needs rmlab's TensorBatches as the training data (it knows "
+                            "where an epoch ends)")
+
+    def _group(self, size: int) -> tuple[bool, bool, float | None]:
+        """For the next batch (``size`` samples): (first of its accumulation group, last of it, weight of its loss:
+        its share of the group's samples; None without accumulation)."""
+        n = self.accumulate_grad_batches
+        index = self._epoch_batches
+        self._epoch_batches += 1
+        if n == 1:
+            return True, True, None
+        start = (index // n) * n * self.batch_size  # the group's first sample in the epoch
+        group_samples = min(start + n * self.batch_size, self._epoch_samples) - start
+        last = index % n == n - 1 or (index + 1) * self.batch_size >= self._epoch_samples
+        return index % n == 0, last, size / group_samples
 
     def training_step(self, chunk: tuple[Tensor, Tensor], chunk_idx: int) -> None:
         xs, ys = chunk
@@ -126,10 +159,11 @@ class ObjectiveModule(pl.LightningModule):
             self.first_step_time = time.time()
         self.samples_trained += ys.shape[0]
         optimizer = self.optimizers()
-        outputs, losses, sizes = [], [], []
+        outputs, losses, sizes, steps = [], [], [], []
         first_step = self.global_step
         for start in range(0, ys.shape[0], self.batch_size):
             x, y = xs[start:start + self.batch_size], ys[start:start + self.batch_size]
+            first, last, weight = self._group(y.shape[0])
             output = self.model(x)
             loss = self.loss_fn(output, y)
             total = loss
@@ -138,16 +172,23 @@ class ObjectiveModule(pl.LightningModule):
                 total = self.feedback.combine(loss, feedback.pg_loss)
                 terms = torch.stack([feedback.pg_loss.detach(), feedback.sampled_reward, feedback.baseline])
                 self.feedback_sums += terms.float() * y.shape[0]
-            optimizer.zero_grad(set_to_none=True)
+            if weight is not None:
+                total = total * weight
+            if first:
+                optimizer.zero_grad(set_to_none=True)
             if self.direct_steps:
-                self._direct_step(optimizer, total)
+                total.backward()
+                if last:
+                    self._direct_step(optimizer)
             else:
                 self.manual_backward(total)
-                optimizer.step()  # clips in on_before_optimizer_step
+                if last:
+                    optimizer.step()  # clips in on_before_optimizer_step
             outputs.append(output.detach())
             losses.append(loss.detach())
             sizes.append(y.shape[0])
-        self._accumulate_chunk(torch.cat(outputs), ys, torch.stack(losses).float(), sizes, first_step)
+            steps.append(last)
+        self._accumulate_chunk(torch.cat(outputs), ys, torch.stack(losses).float(), sizes, steps, first_step)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Here, not right after manual_backward: under 16-mixed Lightning unscales the gradients just before this
@@ -164,8 +205,7 @@ class ObjectiveModule(pl.LightningModule):
         strategy = self.trainer.strategy
         self.direct_steps = type(strategy) is SingleDeviceStrategy and type(strategy.precision_plugin) is Precision
 
-    def _direct_step(self, optimizer, total: Tensor) -> None:
-        total.backward()
+    def _direct_step(self, optimizer) -> None:
         if self.gradient_clip_val is not None:
             torch.nn.utils.clip_grad_norm_(self.parameters(), self.gradient_clip_val)
         # The manual-optimisation loop's own step bookkeeping (it advances trainer.global_step).
@@ -174,25 +214,34 @@ class ObjectiveModule(pl.LightningModule):
         optimizer._on_after_step()
 
     def _accumulate_chunk(self, outputs: Tensor, targets: Tensor, losses: Tensor, sizes: list[int],
-                          first_step: int) -> None:
+                          steps: list[bool], first_step: int) -> None:
         """Book a whole chunk at once: one metric update, one loss sum, one host read (for the NaN check and the
-        per-step log points)."""
+        per-step log points). ``steps[i]``: batch i ended an optimizer step."""
         weights = torch.tensor(sizes, dtype=losses.dtype, device=losses.device)
         self._accumulate("train", outputs, targets, (losses * weights).sum())
         values = losses.tolist()  # the chunk's only sync
-        for offset, value in enumerate(values):
+        step = first_step
+        points = []  # (optimizer step, its mean loss over the group's samples)
+        for value, size, ends in zip(values, sizes, steps):
             if not math.isfinite(value):
                 raise NonFiniteLossError(
-                    f"train/loss became {value} at step {first_step + offset + 1} (epoch {self.current_epoch}); "
+                    f"train/loss became {value} at step {step + 1} (epoch {self.current_epoch}); "
                     "the run is stopped. Try a lower optimizer.lr, trainer.gradient_clip_val, or precision=32-true."
                 )
+            self._group_loss[0] += value * size
+            self._group_loss[1] += size
+            if ends:
+                step += 1
+                # One batch: its own value, so a plain run logs exactly the loss it computed.
+                mean = value if self._group_loss[1] == size else self._group_loss[0] / self._group_loss[1]
+                points.append((step, mean))
+                self._group_loss = [0.0, 0]
         if self.logger is not None:
-            for offset, value in enumerate(values):
-                step = first_step + offset + 1
+            for step, value in points:
                 if step % self.log_every_n_steps == 0:
                     self.logger.log_metrics({"train/loss_step": value}, step=step)
-        if self.trainer.progress_bar_callback is not None:
-            self.log("train/loss_step", values[-1], prog_bar=True, logger=False)
+        if self.trainer.progress_bar_callback is not None and points:
+            self.log("train/loss_step", points[-1][1], prog_bar=True, logger=False)
 
     def on_train_epoch_end(self) -> None:
         self._end_epoch("train")

@@ -1,41 +1,17 @@
-"""Optimizers and learning-rate schedulers from ``conf/optimizer/*.yaml``, validated before training."""
+"""Optimizers and learning-rate schedulers from ``conf/optimizer/*.yaml``, validated before training.
+
+The values are checked by ``validate_optimizer`` (in ``rmlab.validate``, which needs no torch, so a bad value is
+reported before torch loads); ``build_optimizer`` checks them again, for callers that skip ``rmlab.validate``.
+"""
 
 from typing import Any
 
 import torch
 
-from rmlab.errors import ConfigError, check
+from rmlab.errors import ConfigError
+from rmlab.validate import SCHEDULERS, validate_optimizer
 
-SCHEDULERS = ("none", "cosine", "step", "exponential")
-
-
-def validate_optimizer(cfg: dict[str, Any]) -> None:
-    """Check every optimizer and scheduler value; raise ConfigError naming the key, the value and the valid range."""
-    name = cfg.get("name")
-    check(name in OPTIMIZERS, f"optimizer.name must be one of {sorted(OPTIMIZERS)}, got {name!r}")
-    lr = cfg.get("lr")
-    check(isinstance(lr, (int, float)) and lr > 0, f"optimizer.lr must be > 0, got {lr}")
-    wd = cfg.get("weight_decay", 0.0)
-    check(isinstance(wd, (int, float)) and wd >= 0, f"optimizer.weight_decay must be >= 0, got {wd}")
-    if "betas" in cfg:
-        betas = list(cfg["betas"])
-        check(len(betas) == 2 and all(0 <= b < 1 for b in betas),
-              f"optimizer.betas must be two numbers in [0, 1), got {betas}")
-    if "momentum" in cfg:
-        check(0 <= cfg["momentum"] < 1, f"optimizer.momentum must be in [0, 1), got {cfg['momentum']}")
-        check(not cfg.get("nesterov") or cfg["momentum"] > 0, "optimizer.nesterov needs optimizer.momentum > 0")
-    sched = cfg.get("scheduler") or {"name": "none"}
-    check(sched.get("name") in SCHEDULERS,
-          f"optimizer.scheduler.name must be one of {list(SCHEDULERS)}, got {sched.get('name')!r}")
-    if sched["name"] == "step":
-        check(int(sched.get("step_size", 0)) >= 1,
-              f"optimizer.scheduler.step_size must be >= 1, got {sched.get('step_size')}")
-    if sched["name"] in ("step", "exponential"):
-        check(0 < sched.get("gamma", 0) <= 1, f"optimizer.scheduler.gamma must be in (0, 1], got {sched.get('gamma')}")
-    if sched["name"] == "cosine":
-        check(0 <= sched.get("min_lr", 0) < lr,
-              f"optimizer.scheduler.min_lr must be in [0, lr={lr}), got {sched.get('min_lr')}")
-
+__all__ = ["OPTIMIZERS", "SCHEDULERS", "build_optimizer", "validate_optimizer"]
 
 def _adam(params, cfg):
     return torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], betas=tuple(cfg["betas"]))

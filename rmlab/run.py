@@ -13,23 +13,30 @@ import random
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rmlab.build import Components, build_components
 from rmlab.console import compact_config, result_block
 from rmlab.errors import ConfigError
 from rmlab.provenance import command_line, job_context, run_name, run_tags
+from rmlab.validate import validate_config
+
+if TYPE_CHECKING:
+    from rmlab.build import Components
 
 log = logging.getLogger("rmlab")
+# torch, numpy and the component modules are imported inside the functions that need them, so that rmlab.validate
+# reports a config error without waiting for them to load.
 
 
 def seed_all(seed: int) -> None:
+    """Seed Python, numpy and torch (``seed`` is validated first: an integer in [0, 2**32 - 1])."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed)
     torch.manual_seed(seed)
 
 
@@ -52,6 +59,8 @@ def set_threads(cfg: DictConfig, context: dict[str, Any]) -> None:
         cores = os.cpu_count() or 1
         threads = max(1, cores // (cores if jobs < 1 else jobs))
     if threads is not None:
+        import torch
+
         torch.set_num_threads(int(threads))
 
 
@@ -110,7 +119,7 @@ def device_count(devices: Any) -> int | None:
 
 def validate_for_context(cfg: DictConfig, context: dict[str, Any]) -> None:
     """Refuse what silently misbehaves inside a multirun: DDP re-runs the whole command line in every rank, which then
-    starts its own sweep (with an Optuna sweeper, ranks of one group trained different configs: FACTS.md)."""
+    starts its own sweep (with an Optuna sweeper, ranks of one group trained different configs: docs/design.md)."""
     count = device_count(cfg.trainer.devices)
     if context.get("multirun") and (count is None or count > 1):
         raise ConfigError(
@@ -126,23 +135,27 @@ def global_rank() -> int:
 
 
 def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
-    """Run one experiment described by a composed config. Returns the test metrics, ``val/best_reward`` and the
-    MLflow ``run_id`` (None when untracked). Raises ConfigError before anything is recorded if the config is bad
-    (inside a sweep, ``rmlab.jobs.sweep_job`` records the failed job as a FAILED child run)."""
+    """Run one experiment described by a composed config. Returns the test metrics, ``val/selected_reward`` (the
+    validation reward of the tested weights, see ``selection_metrics``) and the MLflow ``run_id`` (None when
+    untracked). Raises ConfigError before anything is recorded if the config is bad (inside a sweep,
+    ``rmlab.jobs.sweep_job`` records the failed job as a FAILED child run so the sweep's summary counts it)."""
     context = job_context()
     # One MLflow run per experiment: under DDP only rank 0 tracks (every rank runs this function).
-    tracked = cfg.logger.name == "mlflow" and not cfg.trainer.fast_dev_run and global_rank() == 0
+    tracked = cfg.logger.get("name") == "mlflow" and not cfg.trainer.get("fast_dev_run") and global_rank() == 0
     if parent_run_id is None and tracked and context["multirun"]:
         from rmlab.sweep_parent import parent_run_id as sweep_parent
 
         parent_run_id = sweep_parent(context["sweep_dir"])
     context["parent_run_id"] = parent_run_id
+    validate_config(cfg)  # before seeding (a seed of 2**64 must be a config error) and before torch loads
     if tracked:  # an unwritable store is reported now, in one line, not after minutes of MLflow's retries
         from rmlab.store import check_writable, resolve_tracking_uri
 
         check_writable(resolve_tracking_uri(cfg.logger.tracking_uri))
-    seed_all(cfg.seed)
     validate_for_context(cfg, context)
+    seed_all(cfg.seed)
+    from rmlab.build import build_components
+
     parts: Components = build_components(cfg)
     set_threads(cfg, context)
     log.info(compact_config(cfg))
@@ -182,7 +195,8 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
                              optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
                              max_epochs=cfg.trainer.max_epochs, log_every_n_steps=cfg.trainer.log_every_n_steps,
                              batch_size=parts.task.batch_size, gradient_clip_val=cfg.trainer.gradient_clip_val,
-                             feedback=parts.feedback)
+                             feedback=parts.feedback,
+                             accumulate_grad_batches=cfg.trainer.accumulate_grad_batches)
     data = TaskDataModule(parts.task, seed=cfg.seed, steps_per_chunk=cfg.trainer.steps_per_chunk,
                           limit_train_batches=cfg.trainer.limit_train_batches)
     out = output_dir()
@@ -204,8 +218,7 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         fit_s = time.perf_counter() - started
         validation.restore(module)  # test the weights with the best val/reward (if kept)
         results: dict[str, Any] = module.evaluate("test", data.test_batches())
-        if validation.best_score is not None:
-            results["val/best_reward"] = validation.best_score
+        results.update(selection_metrics(validation))
         saved = validation.save(out / "checkpoints" / "best.ckpt") if trainer.is_global_zero else None
         if tracker is not None and cfg.logger.log_checkpoint and saved is not None:
             tracker.log_artifact(saved, "checkpoints")
@@ -215,10 +228,24 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         if module.first_step_time is not None:
             results["perf/first_step_unix"] = module.first_step_time
         if tracker is not None:
-            final = {k: v for k, v in results.items() if k == "val/best_reward" or k.startswith("perf/")}
+            final = {k: v for k, v in results.items() if k in SELECTION_KEYS or k.startswith("perf/")}
             tracker.log_metrics(final, step=trainer.global_step)
+            tracker.set_tags({"rmlab.selection": validation.selected()[0]})
     results["run_id"] = life.run_id
     return results
+
+
+SELECTION_KEYS = ("val/selected_reward", "val/selected_epoch", "val/best_reward", "val/last_reward")
+
+
+def selection_metrics(validation) -> dict[str, float]:
+    """The validation reward of the tested weights, under one name for every run (``val/selected_reward``, what
+    sweeps select on) and under a name that says which epoch it is: ``val/best_reward`` (the best weights were kept
+    and tested) or ``val/last_reward`` (trainer.checkpoint.enabled=false: the last weights)."""
+    selection, score, epoch = validation.selected()
+    if score is None:  # no validation ran
+        return {}
+    return {"val/selected_reward": score, "val/selected_epoch": epoch, f"val/{selection}_reward": score}
 
 
 def _dashboard(tracker) -> str | None:

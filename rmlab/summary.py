@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import csv
 import math
+import shlex
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-METRICS = ("test/reward", "val/best_reward", "test/loss")
+# The validation reward of the weights each run tested (its best epoch, or its last with checkpointing off): the
+# metric a sweep selects on, so the selection and the test numbers beside it always come from the same weights.
+SELECTION_METRIC = "val/selected_reward"
+METRICS = ("test/reward", SELECTION_METRIC, "test/loss")
 SEED_KEYS = ("seed", "+seed", "++seed")
 
 
@@ -49,8 +53,13 @@ class Cell:
 
 
 def parse_overrides(text: str) -> dict[str, str]:
-    """``"loss=gce seed=1"`` -> ``{"loss": "gce", "seed": "1"}`` (the form of the children's ``rmlab.overrides``)."""
-    pairs = (item.split("=", 1) for item in text.split() if "=" in item)
+    """``"loss=gce 'task.path=my data.csv'"`` -> ``{"loss": "gce", "task.path": "my data.csv"}``: the children's
+    ``rmlab.overrides`` tag, quoted as a shell would (``shlex.join``), so a value with a space stays one override."""
+    try:
+        items = shlex.split(text)
+    except ValueError:  # not shell-quoted (a run from before overrides were quoted): whitespace-separated
+        items = text.split()
+    pairs = (item.split("=", 1) for item in items if "=" in item)
     return {key: value for key, value in pairs}
 
 
@@ -90,7 +99,7 @@ def build_cells(records: Sequence[JobRecord], metrics: Sequence[str] = METRICS, 
     return keys, cells
 
 
-def best_cell(cells: Sequence[Cell], metric: str = "val/best_reward", maximize: bool = True) -> Cell | None:
+def best_cell(cells: Sequence[Cell], metric: str = SELECTION_METRIC, maximize: bool = True) -> Cell | None:
     """The cell selected by ``metric`` (validation, never test: test numbers must not choose)."""
     scored = [c for c in cells if c.mean(metric) is not None]
     if not scored:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import shlex
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,32 +29,45 @@ log = logging.getLogger("rmlab")
 __all__ = ["PARENT_RUN_FILE", "SweepCallback", "parent_run_id", "planned_jobs", "reuse_finished_run"]
 
 
+# Tags of a run that describe its result (which weights were tested), carried over with its metrics when reused.
+RESULT_TAGS = ("rmlab.selection",)
+
+
 def reuse_finished_run(tracker, cfg, run_name: str, tags: dict[str, str], parent_run_id: str) -> dict | None:
-    """If a run with this job's config hash already FINISHED in the experiment (an interrupted sweep re-run), record
-    a child of the new sweep that points at it (tag ``rmlab.reused_from``) and carries its params and final metrics,
-    and return those metrics; else None. The job is then not trained again."""
+    """If a run with this job's reuse key (``rmlab.provenance``: config, rmlab's code, the data file, library
+    versions) already FINISHED in the experiment (an interrupted sweep re-run), record a child of the new sweep that
+    points at it (tag ``rmlab.reused_from``) and carries its params, result tags and the full history of every metric
+    (each step, as the original logged it), and return its final metrics; else None. The job is then not trained
+    again. A job without a reuse key is always trained."""
     from mlflow.entities import Metric, Param
 
+    key = tags.get("rmlab.reuse_key")
+    if not key:
+        return None
     tracker.experiment_id = tracker.experiment_id or _experiment_id(tracker)
     if tracker.experiment_id is None:
         return None
-    found = tracker.client.search_runs(
+    client = tracker.client
+    found = client.search_runs(
         [tracker.experiment_id],
-        # Same config and same code: a run from before a code change is trained again.
-        filter_string=(f"tags.`rmlab.config_hash` = '{tags['rmlab.config_hash']}' and "
-                       f"tags.`mlflow.source.git.commit` = '{tags['mlflow.source.git.commit']}' and "
-                       "attributes.status = 'FINISHED'"),
+        filter_string=f"tags.`rmlab.reuse_key` = '{key}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=1)
     if not found:
         return None
     original = found[0]
-    tracker.start(run_name, {**tags, "rmlab.reused_from": original.info.run_id}, parent_run_id=parent_run_id)
-    metrics = dict(original.data.metrics)
-    tracker.client.log_batch(
-        tracker.run_id, params=[Param(k, v) for k, v in original.data.params.items()],
-        metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in metrics.items()], synchronous=True)
+    history = [Metric(m.key, m.value, m.timestamp, m.step) for name in sorted(original.data.metrics)
+               for m in client.get_metric_history(original.info.run_id, name)]
+    carried = {k: v for k, v in original.data.tags.items() if k in RESULT_TAGS}
+    tracker.start(run_name, {**tags, **carried, "rmlab.reused_from": original.info.run_id},
+                  parent_run_id=parent_run_id)
+    try:
+        client.log_batch(tracker.run_id, params=[Param(k, v) for k, v in original.data.params.items()],
+                         metrics=history, synchronous=True)
+    except BaseException as err:
+        tracker.finish("FAILED", error=f"copying the reused run failed: {type(err).__name__}: {err}")
+        raise
     tracker.finish("FINISHED")
-    return {**metrics, "run_id": tracker.run_id, "reused_from": original.info.run_id}
+    return {**dict(original.data.metrics), "run_id": tracker.run_id, "reused_from": original.info.run_id}
 
 
 def _experiment_id(tracker) -> str | None:

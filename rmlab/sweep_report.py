@@ -32,7 +32,7 @@ class SweepReport:
         from rmlab.sweep import _job_record
 
         trials = self.optuna is not None
-        objective = self.optuna["objective"] if trials else "val/best_reward"
+        objective = self.optuna["objective"] if trials else summary.SELECTION_METRIC
         maximize = self.optuna["maximize"] if trials else True
         metrics = list(summary.METRICS) + ([objective] if objective not in summary.METRICS else [])
         records = [_job_record(run, status_of[run.info.run_id]) for run in children]

@@ -1,6 +1,6 @@
 """MLflow tracking: the store, the experiment, one run's params, tags, metrics, artifacts and final status.
 
-Rules this module keeps (see FACTS.md for why):
+Rules this module keeps (docs/design.md says why):
 - the store is opened through ``rmlab.store`` (which one, writable, created once under a file lock).
 - params are logged synchronously and in full (Lightning's MLFlowLogger truncates them to 250 characters); metrics
   are buffered and sent asynchronously at most every ``flush_every_s`` seconds (each write to a sqlite store costs
@@ -95,7 +95,7 @@ class Tracker:
         self.experiment_id = self.client.get_run(run_id).info.experiment_id
 
     def log_params(self, params: Mapping[str, str]) -> None:
-        # Synchronous: concurrent async batches logging one param key race and are dropped silently (FACTS.md).
+        # Synchronous: concurrent async batches logging one param key race and are dropped silently (docs/design.md).
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()], synchronous=True)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:

@@ -109,7 +109,7 @@ def test_unwritable_places_are_one_line_errors_at_once(tmp_path, case):
     ("loss.delta=-1", "delta must be > 0, got -1"),
     ("task.label_noise=1.5", "task.label_noise must be in [0, 1), got 1.5"),
     ("trainer.precision=17", "trainer.precision must be one of 32-true"),
-    ("optimizer.lr=0", "optimizer.lr must be > 0, got 0"),
+    ("optimizer.lr=0", "optimizer.lr must be a number > 0, got 0"),
 ])
 def test_invalid_value_is_a_clear_error(tmp_path, override, message):
     done = rmlab("loss=huber", override, cwd=tmp_path)

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from rmlab import losses
 from rmlab.errors import ConfigError
-from rmlab.kinds import LOGITS, SEQUENCE_PAIR, VALUE, TaskInfo
+from rmlab.kinds import LOGITS, PAIR, SEQUENCE_PAIR, VALUE, TaskInfo
 from rmlab.losses import GCE, MAE, MSE, NCERCE, SCE, CrossEntropy, Focal, Huber, LogCosh, SmoothL1
 
 CONF_LOSS = Path(__file__).resolve().parents[1] / "conf" / "loss"
@@ -112,12 +112,44 @@ def test_focal_matches_formula() -> None:
     log_py = _log_py(out, tgt)
     p_y = log_py.exp()
     torch.testing.assert_close(Focal(gamma=2.0)(out, tgt), (-(1 - p_y) ** 2 * log_py).mean())
-    torch.testing.assert_close(Focal(gamma=1.5, alpha=0.25)(out, tgt), (-0.25 * (1 - p_y) ** 1.5 * log_py).mean())
     alpha = [0.1, 0.2, 0.3, 0.4, 0.5]
     expected = (-torch.tensor(alpha)[tgt] * (1 - p_y) ** 2 * log_py).mean()
     torch.testing.assert_close(Focal(gamma=2.0, alpha=alpha)(out, tgt), expected)
     # gamma = 0, no alpha: cross entropy
     torch.testing.assert_close(Focal(gamma=0.0)(out, tgt), F.cross_entropy(out, tgt))
+
+
+def _sigmoid_focal(logit: torch.Tensor, target: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+    """torchvision.ops.sigmoid_focal_loss (Lin et al. eq. 5 with alpha_t), written out, mean reduction."""
+    t = target.float()
+    p = torch.sigmoid(logit)
+    ce = F.binary_cross_entropy_with_logits(logit, t, reduction="none")
+    p_t = p * t + (1 - p) * (1 - t)
+    alpha_t = alpha * t + (1 - alpha) * (1 - t)
+    return (alpha_t * ce * (1 - p_t) ** gamma).mean()
+
+
+@pytest.mark.parametrize("alpha, gamma", [(0.25, 2.0), (0.75, 0.0), (0.5, 1.5)])
+def test_focal_scalar_alpha_is_lins_class_balance_on_two_classes(alpha: float, gamma: float) -> None:
+    g = torch.Generator().manual_seed(3)
+    out, tgt = torch.randn(64, 2, generator=g) * 2, torch.randint(0, 2, (64,), generator=g)
+    # Two softmax logits are one sigmoid logit, their difference: the loss is torchvision's sigmoid focal loss.
+    expected = _sigmoid_focal(out[:, 1] - out[:, 0], tgt, alpha, gamma)
+    torch.testing.assert_close(Focal(gamma=gamma, alpha=alpha)(out, tgt), expected)
+    # Not a rescaling: class 1's samples weigh alpha, class 0's 1 - alpha.
+    ones, zeros = tgt == 1, tgt == 0
+    plain = Focal(gamma=gamma)
+    weighted = Focal(gamma=gamma, alpha=alpha)
+    torch.testing.assert_close(weighted(out[ones], tgt[ones]), alpha * plain(out[ones], tgt[ones]))
+    torch.testing.assert_close(weighted(out[zeros], tgt[zeros]), (1 - alpha) * plain(out[zeros], tgt[zeros]))
+
+
+def test_focal_scalar_alpha_on_more_classes_asks_for_per_class_weights() -> None:
+    focal = Focal(alpha=0.25)
+    focal.check_task(TaskInfo("toy", LOGITS, input_dim=4, num_classes=2))
+    with pytest.raises(ConfigError, match=r"task 'toy' has 3 classes; give one weight per class instead, e\.g\. "
+                                          r"loss\.alpha=\[1\.0, 1\.0, 1\.0\]"):
+        focal.check_task(TaskInfo("toy", LOGITS, input_dim=4, num_classes=3))
 
 
 def test_focal_golden() -> None:
@@ -182,8 +214,9 @@ def test_nce_rce_matches_formula_and_golden() -> None:
         (CrossEntropy, {"class_weights": []}, "class_weights must be null or a non-empty list"),
         (CrossEntropy, {"class_weights": 2.0}, "class_weights must be null or a non-empty list"),
         (Focal, {"gamma": -0.5}, "focal: gamma must be >= 0, got -0.5"),
-        (Focal, {"alpha": 0.0}, "alpha must be null, a float in (0, 1]"),
-        (Focal, {"alpha": 1.5}, "alpha must be null, a float in (0, 1]"),
+        (Focal, {"alpha": 0.0}, "alpha must be null, a float in (0, 1)"),
+        (Focal, {"alpha": 1.0}, "alpha must be null, a float in (0, 1)"),
+        (Focal, {"alpha": 1.5}, "alpha must be null, a float in (0, 1)"),
         (Focal, {"alpha": [1.0, -1.0]}, "alpha must be a list of floats > 0"),
         (GCE, {"q": 0.0}, "gce: q must be in (0, 1], got 0.0"),
         (GCE, {"q": 1.2}, "q must be in (0, 1]"),
@@ -265,22 +298,84 @@ def test_every_loss_class_has_a_yaml() -> None:
     assert targets == classes
 
 
+def _pair_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores (B, 2) = (chosen, rejected) and the pair task's target: the items' true rewards, NaN when unknown."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, 2, generator=g) * 3, torch.full((B, 2), float("nan"))
+
+
+def _sequence_pair_batch():
+    """Summed log-probs of (chosen, rejected) completions and their token counts: the policy's, and the frozen
+    reference's as the target."""
+    from rmlab.losses.preference_lm import PairLogps
+
+    counts_c, counts_r = torch.tensor([3.0, 5.0, 2.0]), torch.tensor([4.0, 5.0, 6.0])
+    policy = PairLogps(torch.tensor([-2.0, -4.0, -1.0]), torch.tensor([-3.0, -6.0, -5.0]), counts_c, counts_r)
+    reference = PairLogps(torch.tensor([-2.5, -4.0, -1.5]), torch.tensor([-2.5, -5.0, -4.0]), counts_c, counts_r)
+    return policy, reference
+
+
+def _yaml_reference(name: str, cfg, out, tgt) -> torch.Tensor:
+    """Each loss's formula written from its paper / torch.nn.functional, with the YAML's own parameter values."""
+    if name in ("mse", "mae", "huber", "smooth_l1", "log_cosh"):
+        d = out - tgt
+        return {"mse": lambda: F.mse_loss(out, tgt), "mae": lambda: F.l1_loss(out, tgt),
+                "huber": lambda: F.huber_loss(out, tgt, delta=cfg.delta),
+                "smooth_l1": lambda: F.smooth_l1_loss(out, tgt, beta=cfg.beta),
+                "log_cosh": lambda: torch.log(torch.cosh(d)).mean()}[name]()
+    if name == "cross_entropy":
+        return F.cross_entropy(out, tgt, label_smoothing=cfg.label_smoothing)
+    if name in ("focal", "gce", "sce", "nce_rce"):
+        log_py = _log_py(out, tgt)
+        p_y = log_py.exp()
+        ce, rce = -log_py, -math.log(1e-4) * (1 - p_y)
+        if name == "focal":
+            return (-(1 - p_y) ** cfg.gamma * log_py).mean()
+        if name == "gce":
+            return ((1 - p_y ** cfg.q) / cfg.q).mean()
+        if name == "sce":
+            return (cfg.alpha * ce + cfg.beta * rce).mean()
+        nce = ce / -out.log_softmax(-1).sum(-1)
+        return (cfg.alpha * nce + cfg.beta * rce).mean()
+    if name == "dpo":  # Rafailov et al. 2023, sigmoid form: -log sigmoid(beta * (log-ratio chosen - rejected))
+        h = (out.chosen - tgt.chosen) - (out.rejected - tgt.rejected)
+        return -torch.log(torch.sigmoid(cfg.beta * h)).mean()
+    if name == "simpo":  # Meng et al. 2024: length-normalised, margin gamma
+        a_c, a_r = out.chosen / out.chosen_tokens, out.rejected / out.rejected_tokens
+        return -torch.log(torch.sigmoid(cfg.beta * (a_c - a_r) - cfg.gamma)).mean()
+    if name == "orpo":  # Hong et al. 2024: NLL of chosen + beta * -log sigmoid(log odds ratio)
+        a_c, a_r = out.chosen / out.chosen_tokens, out.rejected / out.rejected_tokens
+        odds = lambda a: torch.exp(a) / (1 - torch.exp(a))  # noqa: E731
+        nll = -out.chosen.sum() / out.chosen_tokens.sum()
+        return nll - cfg.beta * torch.log(torch.sigmoid(torch.log(odds(a_c) / odds(a_r)))).mean()
+    d = out[:, 0] - out[:, 1]
+    if name == "bradley_terry":
+        return -F.logsigmoid(d - cfg.margin).mean()
+    if name == "hinge":
+        return F.margin_ranking_loss(out[:, 0], out[:, 1], torch.ones(len(d)), margin=cfg.margin)
+    if name == "log_exp":
+        return torch.log1p(torch.exp(-d)).mean()
+    if name == "ipo":
+        return ((d - 1 / (2 * cfg.beta)) ** 2).mean()
+    raise AssertionError(f"no reference for loss {name!r}: add one")
+
+
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
-def test_yaml_instantiates(path: Path) -> None:
+def test_yaml_instantiates_and_computes_its_formula(path: Path) -> None:
+    """Every conf/loss YAML builds its class, and on inputs of its own output kind gives the value of its formula
+    with the YAML's parameters (pair losses get (chosen, rejected) scores, not class logits)."""
     cfg = OmegaConf.load(path)
     assert list(cfg.keys())[:2] == ["name", "_target_"] and cfg.name == path.stem
-    cfg.pop("name")
-    loss = hydra.utils.instantiate(cfg)
+    spec = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "name"])
+    loss = hydra.utils.instantiate(spec)
     assert isinstance(loss, losses.Loss) and loss.accepts
-    if SEQUENCE_PAIR in loss.accepts:  # summed log-probs of (chosen, rejected) completions, policy and reference
-        from rmlab.losses.preference_lm import PairLogps
-
-        counts = torch.tensor([3.0, 5.0])
-        out = PairLogps(torch.tensor([-2.0, -4.0]), torch.tensor([-3.0, -6.0]), counts, counts)
-        tgt = PairLogps(torch.tensor([-2.5, -4.0]), torch.tensor([-2.5, -5.0]), counts, counts)
-    else:
-        out, tgt = _value_batch() if VALUE in loss.accepts else _logits_batch()
-    assert torch.isfinite(loss(out, tgt))
+    kind = loss.accepts[0]
+    batches = {VALUE: _value_batch, LOGITS: _logits_batch, PAIR: _pair_batch, SEQUENCE_PAIR: _sequence_pair_batch}
+    out, tgt = batches[kind]()
+    value = loss(out, tgt)
+    assert value.ndim == 0 and torch.isfinite(value)
+    torch.testing.assert_close(value, _yaml_reference(path.stem, cfg, out, tgt))
+    assert value.item() != pytest.approx(0.0, abs=1e-3)  # a real value, not a degenerate zero
 
 
 def test_yaml_lists_arrive_as_listconfig() -> None:

@@ -43,7 +43,7 @@ from hydra_plugins.rmlab_optuna_sweeper import report_and_should_prune
 def main(cfg):
     score = -(cfg.x - 0.3) ** 2
     if cfg.mode == "dict":
-        return {"val/best_reward": score, "test/reward": 10.0}
+        return {"val/selected_reward": score, "test/reward": 10.0}
     if cfg.mode == "group":
         return cfg.loss.bonus + cfg.n
     if cfg.mode == "flaky":
@@ -148,7 +148,7 @@ def test_trials_run_and_best_is_sensible(sweeps):
     assert results["best_value"] == study.best_value and results["best_params"] == study.best_params
     assert results["trials"] == {"COMPLETE": 6, "PRUNED": 0, "FAIL": 0}
     assert all(f"Trial {i} COMPLETE: value=" in sweep.out for i in range(6))
-    assert f"Best trial {study.best_trial.number}: val/best_reward=" in sweep.out
+    assert f"Best trial {study.best_trial.number}: val/selected_reward=" in sweep.out
 
 
 @pytest.mark.slow
@@ -194,7 +194,7 @@ def test_dict_return_uses_the_objective_key_and_minimize(sweeps):
     assert sweep.rc == 0, sweep.out
     study = sweep.study()
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
-    assert sorted(t.value for t in study.trials) == pytest.approx([-0.36, -0.04, 0.0])  # val/best_reward, not 10.0
+    assert sorted(t.value for t in study.trials) == pytest.approx([-0.36, -0.04, 0.0])  # val/selected_reward, not 10.0
     assert study.best_params == {"x": 0.9} and study.best_value == pytest.approx(-0.36)
 
 
@@ -202,7 +202,7 @@ def test_dict_return_uses_the_objective_key_and_minimize(sweeps):
 def test_missing_objective_key_stops_the_sweep_naming_the_keys(sweeps):
     sweep = sweeps["missing_key"].result()
     assert sweep.rc != 0
-    assert "'val/nope' is not among the returned keys: val/best_reward, test/reward" in sweep.out
+    assert "'val/nope' is not among the returned keys: val/selected_reward, test/reward" in sweep.out
     assert states(sweep.study()) == {0: "FAIL"}
 
 

@@ -251,6 +251,40 @@ def test_file_csv_without_prompt_custom_columns_relative_path(tmp_path, monkeypa
     assert decoded_pairs(task) != clean  # some train/val pairs flipped
 
 
+def test_file_pairs_of_one_prompt_stay_in_one_split(tmp_path):
+    # 30 prompts with 1 to 6 response pairs each, as in public preference sets: no prompt in two splits.
+    rows = [{"prompt": f"question {p}?", "chosen": f"good answer {p}.{k}", "rejected": f"bad {p}.{k}"}
+            for p in range(30) for k in range(1 + p % 6)]
+    task = PreferenceFile(path=write_jsonl(tmp_path / "multi.jsonl", rows), max_length=48)
+    prompt_of = {r["prompt"] + r["chosen"]: r["prompt"] for r in rows}
+    splits = task.load()
+    prompts = {k: {prompt_of[tokenizer.decode(p[0])] for p in splits[k].x} for k in SPLITS}
+    assert all(prompts[k] for k in SPLITS)
+    assert not (prompts["train"] & prompts["val"] or prompts["train"] & prompts["test"] or
+                prompts["val"] & prompts["test"])
+    # Sizes follow the fractions up to one prompt's rows (at most 6).
+    sizes = [len(splits[k]) for k in SPLITS]
+    assert sum(sizes) == len(rows) and all(abs(n - want) <= 6 for n, want in zip(sizes, task.split_sizes(len(rows))))
+    # Every pair is there once, and another seed gives another grouping.
+    assert len(decoded_pairs(task)) == len(rows)
+    other = PreferenceFile(path=str(tmp_path / "multi.jsonl"), max_length=48, split_seed=1).load()
+    assert {prompt_of[tokenizer.decode(p[0])] for p in other["test"].x} != prompts["test"]
+
+
+def test_file_with_too_few_prompts_for_three_splits(tmp_path):
+    rows = [{"prompt": f"q{i % 2}", "chosen": f"yes {i}", "rejected": f"no {i}"} for i in range(40)]
+    task = PreferenceFile(path=write_jsonl(tmp_path / "two.jsonl", rows))
+    with pytest.raises(DataError, match=r"two\.jsonl: the 40 rows have 2 distinct prompts, too few to give train, "
+                                        r"val and test each their own prompts"):
+        task.load()
+
+
+def test_file_csv_with_a_repeated_column_is_refused(tmp_path):
+    (tmp_path / "dup.csv").write_text("prompt,chosen,chosen,rejected\n" + "q,a,b,c\n" * 10)
+    with pytest.raises(DataError, match=r"column name\(s\) 'chosen' appear more than once"):
+        PreferenceFile(path=str(tmp_path / "dup.csv")).load()
+
+
 def test_file_parquet(tmp_path):
     pd.DataFrame(ROWS).to_parquet(tmp_path / "p.parquet")
     assert PreferenceFile(path=str(tmp_path / "p.parquet")).info.input_dim == 128

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 from scipy.stats import spearmanr
 from sklearn.metrics import (
@@ -26,14 +26,19 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torchmetrics import MetricCollection
 
 from rmlab.errors import ConfigError
-from rmlab.kinds import ALL_KINDS, LOGITS, PAIR, VALUE, TaskInfo
+from rmlab.kinds import ALL_KINDS, LOGITS, PAIR, SEQUENCE, VALUE, TaskInfo
 from rmlab.rewards import (
     AUROC,
+    BLEU,
     F1,
     R2,
     Accuracy,
     AdaptedMetric,
+    ChrF,
+    ExactMatch,
+    LabelAccuracy,
     NegECE,
+    NegEditDistance,
     NegMAE,
     NegMSE,
     Precision,
@@ -42,7 +47,10 @@ from rmlab.rewards import (
     Recall,
     Reward,
     RewardMargin,
+    RougeL,
     Spearman,
+    TaskVerifier,
+    TokenF1,
     TrueRewardSpearman,
 )
 
@@ -383,12 +391,17 @@ def test_invalid_n_bins_raises_config_error(n_bins):
     assert repr(n_bins) in str(err.value)
 
 
+# Text rewards (output kind sequence) have their own config tests in test_text_rewards.py.
+TEXT = [ExactMatch, TokenF1, BLEU, ChrF, RougeL, NegEditDistance, TaskVerifier, LabelAccuracy]
+YAMLS = [p for p in sorted(CONF.glob("*.yaml")) if SEQUENCE not in get_class(OmegaConf.load(p)._target_).accepts]
+
+
 def test_reward_configs_cover_every_reward():
     targets = {OmegaConf.load(path)._target_ for path in CONF.glob("*.yaml")}
-    assert targets == {f"rmlab.rewards.{cls.__name__}" for cls in CLASSIFICATION + REGRESSION + PREFERENCE}
+    assert targets == {f"rmlab.rewards.{cls.__name__}" for cls in CLASSIFICATION + REGRESSION + PREFERENCE + TEXT}
 
 
-@pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
 def test_reward_config_instantiates(path):
     assert path.read_text().startswith(f"name: {path.stem}\n_target_: rmlab.rewards.")
     cfg = OmegaConf.load(path)

@@ -186,10 +186,10 @@ def test_grid_parent_children_and_summary(sweeps):
         assert (sweep.sweep_dir / name).is_file()
 
     # The best cell is chosen on validation; its test number is reported beside it.
-    best = max(rows, key=lambda r: float(r["val/best_reward_mean"]))
+    best = max(rows, key=lambda r: float(r["val/selected_reward_mean"]))
     assert tags["best_cell"] == f"loss={best['loss']}"
     assert float(tags["best_test_reward"]) == pytest.approx(float(best["test/reward_mean"]), rel=1e-5)
-    assert parent.data.metrics["best/val_reward"] == pytest.approx(float(best["val/best_reward_mean"]))
+    assert parent.data.metrics["best/val_reward"] == pytest.approx(float(best["val/selected_reward_mean"]))
     assert "rmlab sweep summary:" in sweep.out
 
 
@@ -263,7 +263,7 @@ def test_optuna_sweep_resumes_study_with_one_parent_per_sweep(sweeps):
     assert parents[0].data.tags["rmlab.sweeper"] == "rmlab_optuna"
 
     rows = read_csv(first.sweep_dir / "summary.csv")  # trials, best first, with the searched key as a column
-    values = [float(r["val/best_reward_mean"]) for r in rows]
+    values = [float(r["val/selected_reward_mean"]) for r in rows]
     assert values == sorted(values, reverse=True) and len(rows) == 3
     assert sorted(r["trial"] for r in rows) == ["0", "1", "2"] and all(r["optimizer.lr"] for r in rows)
     assert "task" not in rows[0]  # fixed on the command line: not a column
@@ -298,7 +298,7 @@ def test_ctrl_c_closes_parent_killed(sweeps):
 
 
 def record(overrides: str, status: str = "FINISHED", **metrics: float) -> summary.JobRecord:
-    names = {"test": "test/reward", "val": "val/best_reward", "loss": "test/loss"}
+    names = {"test": "test/reward", "val": "val/selected_reward", "loss": "test/loss"}
     return summary.JobRecord(summary.parse_overrides(overrides), status,
                              {names[k]: v for k, v in metrics.items()}, reward="accuracy")
 
@@ -351,8 +351,8 @@ def test_optuna_trials_are_rows_sorted_by_objective():
     records = [record("x=1 seed=0", val=0.2), record("x=2 seed=0", status="FAILED"), record("x=3 seed=0", val=0.9)]
     keys, cells = summary.build_cells(records, trials=True, searched=["x"])
     assert keys == ["x"]
-    assert [c.values["x"] for c in summary.sort_trials(cells, "val/best_reward", maximize=True)] == ["3", "1", "2"]
-    assert [c.values["x"] for c in summary.sort_trials(cells, "val/best_reward", maximize=False)] == ["1", "3", "2"]
+    assert [c.values["x"] for c in summary.sort_trials(cells, "val/selected_reward", maximize=True)] == ["3", "1", "2"]
+    assert [c.values["x"] for c in summary.sort_trials(cells, "val/selected_reward", maximize=False)] == ["1", "3", "2"]
     # A resumed study's single trial still shows its searched key.
     assert summary.build_cells(records[:1], trials=True, searched=["x"])[0] == ["x"]
 
@@ -404,7 +404,7 @@ def test_optuna_preset_space_parses():
     cfg = _compose_hydra("sweep=optuna")
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("RmlabOptunaSweeper")
-    assert (sweeper.n_trials, sweeper.direction, sweeper.objective) == (20, "maximize", "val/best_reward")
+    assert (sweeper.n_trials, sweeper.direction, sweeper.objective) == (20, "maximize", "val/selected_reward")
     assert sweeper.study_name == "optuna-digits-cross_entropy" and cfg.experiment == "optuna"
     searched, fixed = parse_params([f"{k}={v}" for k, v in sweeper.params.items()])
     assert set(searched) == {"optimizer.lr", "optimizer.weight_decay", "model.hidden_sizes", "loss.label_smoothing"}

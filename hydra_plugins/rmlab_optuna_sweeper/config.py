@@ -43,8 +43,9 @@ class RmlabOptunaSweeperConf:
     # Optuna storage URL. null: sqlite:///<directory of the MLflow sqlite store, else cwd>/optuna.db
     storage: Optional[str] = None
     study_name: str = "rmlab"
-    # Key of the task function's returned dict to optimise (a float return is used as is).
-    objective: str = "val/best_reward"
+    # Key of the task function's returned dict to optimise (a float return is used as is). rmlab's default: the
+    # validation reward of the weights each trial tested (its best epoch, or its last with checkpointing off).
+    objective: str = "val/selected_reward"
     # key -> Hydra sweep syntax: interval(0.0001, 0.1), tag(log, interval(1e-5, 1e-1)), int(interval(16, 256)),
     # range(1, 5), choice(a, b, c). Sweeps given on the command line join these; plain overrides pass through.
     params: Dict[str, str] = field(default_factory=dict)

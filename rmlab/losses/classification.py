@@ -76,8 +76,14 @@ class CrossEntropy(Loss):
 class Focal(Loss):
     """Focal loss (Lin et al. 2017): ``-alpha_t (1 - p_y)^gamma log p_y``, plain mean over the batch.
 
-    ``alpha``: null (1), a float in (0, 1] multiplying every sample, or a list of per-class weights
-    (``alpha_t = alpha[y]``). ``gamma = 0`` and no alpha is plain cross entropy.
+    ``alpha`` (the class-balancing weight alpha_t):
+    - null: alpha_t = 1 for every sample (``gamma = 0`` is then plain cross entropy);
+    - a float in (0, 1), on a 2-class task only: the balanced form of Lin et al. (eq. 5), class 1 the positive
+      (foreground) class: alpha_t = alpha for targets of class 1 and 1 - alpha for class 0. It is the softmax form
+      of torchvision's ``sigmoid_focal_loss`` on the logit difference. With more classes a single number has no
+      class-balancing meaning (kornia multiplies the whole loss by it, which under Adam changes almost nothing):
+      it is refused, and the per-class list is the way to weight classes;
+    - a list of one weight > 0 per class: alpha_t = alpha[y].
     """
 
     accepts: ClassVar[tuple[str, ...]] = (LOGITS,)
@@ -88,18 +94,25 @@ class Focal(Loss):
         self.gamma = as_float("focal", "gamma", gamma)
         if self.gamma < 0:
             raise ConfigError(f"focal: gamma must be >= 0, got {self.gamma}")
-        self.alpha = 1.0
+        self.alpha: float | None = None  # the binary balancing weight of class 1
         per_class = None
         if isinstance(alpha, Sequence) and not isinstance(alpha, str):
             per_class = positive_weights("focal", "alpha", alpha)
         elif alpha is not None:
             self.alpha = as_float("focal", "alpha", alpha)
-            if not 0.0 < self.alpha <= 1.0:
-                raise ConfigError(f"focal: alpha must be null, a float in (0, 1] or a list of floats > 0, got {alpha}")
+            if not 0.0 < self.alpha < 1.0:
+                raise ConfigError(f"focal: alpha must be null, a float in (0, 1) (2-class tasks: the weight of class "
+                                  f"1, and 1 - alpha of class 0) or a list of one float > 0 per class, got {alpha}")
         self.register_buffer("alpha_per_class", per_class, persistent=False)
 
     def check_task(self, info: TaskInfo) -> None:
         _check_weight_length("focal", "alpha", self.alpha_per_class, info)
+        if self.alpha is not None and info.num_classes is not None and info.num_classes != 2:
+            raise ConfigError(
+                f"focal: a single alpha ({self.alpha}) balances the two classes of a binary task, but task "
+                f"{info.name!r} has {info.num_classes} classes; give one weight per class instead, e.g. "
+                f"loss.alpha=[{', '.join(['1.0'] * info.num_classes)}]"
+            )
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _, log_py = _log_p_target(output, target)
@@ -107,7 +120,11 @@ class Focal(Loss):
         loss = -(-torch.expm1(log_py)).clamp_min(1e-12).pow(self.gamma) * log_py
         if self.alpha_per_class is not None:
             loss = loss * self.alpha_per_class[target.long()]
-        return self.alpha * loss.mean()
+        elif self.alpha is not None:
+            if output.shape[-1] != 2:
+                raise ValueError(f"focal: a single alpha needs 2 classes, got outputs of shape {tuple(output.shape)}")
+            loss = loss * torch.where(target == 1, self.alpha, 1.0 - self.alpha)
+        return loss.mean()
 
 
 class GCE(Loss):

@@ -20,23 +20,42 @@ Preference (output kind ``pair``):
     TrueRewardSpearman  ``true_reward_spearman``  Spearman of item scores with hidden true rewards (synthetic tasks)
     PreferenceNegECE    ``preference_neg_ece``    negative ECE of P(chosen wins) = sigmoid(margin)
 
+Text (output kind ``sequence``: generated completions against the reference completion; every one per sample,
+aggregated as the mean):
+    ExactMatch       ``exact_match``        1 if the completion equals the reference (after ``normalize``)
+    TokenF1          ``token_f1``           SQuAD token F1
+    BLEU             ``bleu``               sentence BLEU (sacreBLEU's), in [0, 1]
+    ChrF             ``chrf``               sentence chrF / chrF++ (sacreBLEU's), in [0, 1]
+    RougeL           ``rouge_l``            ROUGE-L F-measure
+    NegEditDistance  ``neg_edit_distance``  negative normalised character edit distance, in [-1, 0]
+    TaskVerifier     ``verifier``           the task's own answer checker (tasks that have one)
+    LabelAccuracy    ``label_accuracy``     the completion is the label (text classification tasks)
+
 Each has a config ``conf/reward/<name>.yaml``. ``AdaptedMetric`` (``rmlab.rewards.metrics``) is the shared
 torchmetrics wrapper that takes raw model output and makes every aggregate higher-is-better.
 """
 
 from rmlab.rewards.base import Reward
+from rmlab.rewards.checked import LabelAccuracy, TaskVerifier
 from rmlab.rewards.classification import AUROC, F1, Accuracy, NegECE, Precision, Recall
 from rmlab.rewards.metrics import AdaptedMetric
+from rmlab.rewards.ngram import BLEU, ChrF
 from rmlab.rewards.preference import PreferenceAccuracy, PreferenceNegECE, RewardMargin, TrueRewardSpearman
 from rmlab.rewards.regression import R2, NegMAE, NegMSE, Spearman
+from rmlab.rewards.text import ExactMatch, NegEditDistance, RougeL, TextReward, TokenF1
 
 __all__ = [
     "AUROC",
+    "BLEU",
     "F1",
     "R2",
     "Accuracy",
     "AdaptedMetric",
+    "ChrF",
+    "ExactMatch",
+    "LabelAccuracy",
     "NegECE",
+    "NegEditDistance",
     "NegMAE",
     "NegMSE",
     "Precision",
@@ -45,6 +64,10 @@ __all__ = [
     "Recall",
     "Reward",
     "RewardMargin",
+    "RougeL",
     "Spearman",
+    "TaskVerifier",
+    "TextReward",
+    "TokenF1",
     "TrueRewardSpearman",
 ]

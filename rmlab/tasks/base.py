@@ -173,6 +173,11 @@ class Task:
         """The whole dataset: X (N, D) numeric; y (N,) ints in 0..C-1 (classification) or floats (regression)."""
         raise NotImplementedError
 
+    def _dataset_noise(self, y: np.ndarray) -> np.ndarray | None:
+        """Labels with the noise that is part of the dataset itself (``synthetic_classification.flip_y``), or None.
+        Like every corruption they replace the train labels (and val with ``corrupt_val``), never the test labels."""
+        return None
+
     def _error(self, message: str) -> ConfigError:
         """The exception for a problem with the data itself; file tasks name their file (DataError)."""
         return ConfigError(f"task {self.name}: {message}")
@@ -213,6 +218,7 @@ class Task:
         x = np.asarray(x, dtype=np.float64)
         classification = self.kind == CLASSIFICATION
         y = np.asarray(y, dtype=np.int64 if classification else np.float64)
+        noisy = self._dataset_noise(y)
         _, n_val, n_test = self.split_sizes(len(y))
         num_classes = None
         if classification:
@@ -247,6 +253,11 @@ class Task:
                 target_std = float(std)
 
         corrupted = ("train", "val") if self.corrupt_val else ("train",)  # test labels always stay clean
+        if noisy is not None:
+            noisy = np.asarray(noisy, dtype=y.dtype)
+            for split, rows in (("train", train), ("val", val)):
+                if split in corrupted:
+                    ys[split] = noisy[rows]
         rngs = {"train": np.random.default_rng(train_seq), "val": np.random.default_rng(val_seq)}
         for split in corrupted:
             if classification and self.label_noise > 0:

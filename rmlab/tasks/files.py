@@ -1,7 +1,8 @@
 """The user's own table: a CSV or Parquet file with a target column (the ``csv`` task).
 
 Everything that can be wrong with a file is reported as a ``DataError`` naming the file and what to fix, before
-training starts: the path and columns at construction, the values when the data is loaded.
+training starts: the path and columns at construction, the values when the data is loaded (a column name used twice,
+a missing or non-numeric value, a number too large for a float).
 """
 
 from collections.abc import Sequence
@@ -16,6 +17,16 @@ from rmlab.tasks.base import CLASSIFICATION, TASK_KINDS, Task, check_choice
 EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
+def _too_large(value: Any) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return True
+    except (TypeError, ValueError):
+        return False
+    return False
+
+
 def check_user_file(resolved: Path, given: Any, extensions: dict[str, str]) -> None:
     """Raise DataError (naming the file) unless ``resolved`` is an existing file with one of ``extensions``."""
     if resolved.suffix.lower() not in extensions:
@@ -23,6 +34,30 @@ def check_user_file(resolved: Path, given: Any, extensions: dict[str, str]) -> N
     if not resolved.is_file():
         where = "not a file" if resolved.exists() else "file not found"
         raise DataError(f"{resolved}: {where} (task.path={str(given)!r}; relative paths resolve against {Path.cwd()})")
+
+
+def duplicate_columns(path: Path) -> list[str]:
+    """Column names that appear more than once in a CSV file's header. pandas renames them (``a``, ``a.1``) without
+    a word, which would train on a column the user never named: the file tasks refuse such a file instead."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        header = next(csv.reader(f), [])
+    seen: set[str] = set()
+    return list(dict.fromkeys(name for name in header if name in seen or seen.add(name)))
+
+
+def check_unique_columns(path: Path, fmt: str, error) -> None:
+    """Raise ``error(message)`` naming the repeated columns of a CSV file."""
+    if fmt != "csv":
+        return
+    try:
+        repeated = duplicate_columns(path)
+    except OSError:
+        return  # reading the file reports it
+    if repeated:
+        raise error(f"column name(s) {', '.join(map(repr, repeated))} appear more than once in the header; "
+                    "give every column its own name")
 
 
 class FileTask(Task):
@@ -69,6 +104,7 @@ class FileTask(Task):
         import pandas as pd
 
         fmt = EXTENSIONS[self.path.suffix.lower()]
+        check_unique_columns(self.path, fmt, self._error)
         try:
             df = pd.read_csv(self.path) if fmt == "csv" else pd.read_parquet(self.path)
         except pd.errors.EmptyDataError:
@@ -92,7 +128,14 @@ class FileTask(Task):
             )
         if pd.api.types.is_bool_dtype(s):
             return s.to_numpy(dtype=np.float64)
-        num = pd.to_numeric(s, errors="coerce")
+        try:
+            num = pd.to_numeric(s, errors="coerce")
+        except OverflowError:  # an integer too large for a float (pandas keeps such a column as Python ints)
+            row = next(i for i, v in enumerate(s) if _too_large(v))
+            raise self._error(
+                f"{role} column {column!r} holds a number too large for a float in data row {row + 1} "
+                f"({str(s.iloc[row])[:20]}..., {len(str(s.iloc[row]))} characters)"
+            ) from None
         bad = num.isna().to_numpy()
         if bad.any():
             row = int(np.argmax(bad))

@@ -35,7 +35,7 @@ from rmlab.tasks.base import (
     check_int,
     check_real,
 )
-from rmlab.tasks.files import check_user_file
+from rmlab.tasks.files import check_unique_columns, check_user_file
 from rmlab.tasks.sklearn_data import DATASETS as SKLEARN_DATASETS
 from rmlab.tokenizer import MIN_LENGTH, batch_encode
 
@@ -96,6 +96,30 @@ class PairTask(Task):
         n_train, n_val, _ = self.split_sizes(n)
         perm = rng.permutation(n)
         return {"train": perm[:n_train], "val": perm[n_train : n_train + n_val], "test": perm[n_train + n_val :]}
+
+    def _split_by_group(self, groups: list[Any], rng: np.random.Generator, what: str) -> dict[str, np.ndarray]:
+        """A random partition of the rows that keeps each group (rows with the same ``groups`` value: a prompt) in
+        one split. The groups are shuffled and cut where the rows reach the split sizes of ``Task.split_sizes``, so
+        the sizes are met up to one group; every split needs at least one group."""
+        n_train, n_val, n_test = self.split_sizes(len(groups))
+        ids: dict[Any, int] = {}
+        group = np.array([ids.setdefault(g, len(ids)) for g in groups])
+        order = rng.permutation(len(ids))
+        sizes = np.bincount(group, minlength=len(ids))[order]
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])  # first row of each shuffled group
+        # Test first, then val, as for rows: a group goes where its first row falls.
+        where = np.where(starts < n_test, 2, np.where(starts < n_test + n_val, 1, 0))
+        split_of_group = np.empty(len(ids), dtype=np.int64)
+        split_of_group[order] = where
+        counts = np.bincount(split_of_group, minlength=3)
+        if (counts == 0).any():
+            raise self._error(
+                f"the {len(groups)} rows have {len(ids)} distinct {what}s, too few to give train, val and test each "
+                f"their own {what}s (rows with one {what} stay in one split) with val_fraction={self.val_fraction}, "
+                f"test_fraction={self.test_fraction}; add rows with other {what}s"
+            )
+        rows = split_of_group[group]
+        return {name: rng.permutation(np.flatnonzero(rows == k)) for k, name in enumerate(SPLITS)}
 
     def _build(self) -> dict[str, Split]:
         split_seq, train_seq, val_seq = np.random.SeedSequence(self.split_seed).spawn(3)
@@ -272,8 +296,10 @@ class PreferenceFile(PairTask):
     (optional), a ``chosen`` and a ``rejected`` response. Each item is ``[BOS] prompt [SEP] response [EOS]`` in byte
     tokens (``rmlab.tokenizer``; a long prompt is cut first), padded to ``max_length``. No true rewards (y is NaN).
 
-    Rows are split at random; the same prompt may appear in several splits (it does with several response pairs).
-    Every problem with the file is a ``DataError`` naming it: the path at construction, the contents at load time.
+    Rows are split by prompt: all the pairs of one prompt land in the same split (train, val or test), so a model is
+    never tested on a prompt it was trained on; split sizes follow ``val_fraction``/``test_fraction`` up to one
+    prompt's rows. Without a prompt column, rows are split at random. Every problem with the file is a ``DataError``
+    naming it: the path at construction, the contents at load time.
     """
 
     input_type: ClassVar[str] = kinds.TOKENS
@@ -339,6 +365,7 @@ class PreferenceFile(PairTask):
     def _read_table(self, fmt: str) -> tuple[list[str], dict[str, list[Any]], list[str]]:
         import pandas as pd
 
+        check_unique_columns(self.path, fmt, self._error)
         try:
             # Every cell as text, and an empty cell as "" (not NaN): "nan" or "123" are answers too.
             if fmt == "csv":
@@ -392,5 +419,7 @@ class PreferenceFile(PairTask):
             [batch_encode(texts[role], self.max_length, prompts) for role in ("chosen", "rejected")], dim=1
         ).numpy()
         r = np.full((len(x), 2), np.nan)
-        idx = self._split_index(len(x), rng)
+        # By prompt: the several response pairs of one prompt (the usual case in public preference sets) stay in one
+        # split, so no test prompt was seen in training. Without prompts, by row.
+        idx = self._split_index(len(x), rng) if prompts is None else self._split_by_group(prompts, rng, "prompt")
         return {k: (x[i], r[i]) for k, i in idx.items()}, None

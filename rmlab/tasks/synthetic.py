@@ -1,8 +1,9 @@
 """Synthetic tasks from scikit-learn's generators, for controlled studies: ``synthetic_classification``
 (``make_classification``; ``class_sep`` is the difficulty knob) and ``synthetic_regression`` (``make_regression``).
 
-``data_seed`` fixes the generated dataset; ``split_seed`` (the run's seed) only changes the split and the corruption,
-so runs with different seeds study the same data.
+``data_seed`` fixes the generated dataset (and which rows ``flip_y`` flips); ``split_seed`` (the run's seed) only
+changes the split and the corruption, so runs with different seeds study the same data. ``flip_y`` corrupts train
+(and with ``corrupt_val`` val) labels only, as every corruption knob does; test labels stay clean.
 """
 
 from typing import Any
@@ -66,9 +67,20 @@ class SyntheticClassification(Task):
             n_repeated=0,
             n_classes=self.n_classes,
             class_sep=self.class_sep,
-            flip_y=self.flip_y,
+            flip_y=0.0,  # flipped by _dataset_noise instead, so that test labels stay clean
             random_state=self.data_seed,
         )
+
+    def _dataset_noise(self, y: np.ndarray) -> np.ndarray | None:
+        """scikit-learn's ``flip_y``: each label is replaced, with probability ``flip_y``, by a class drawn uniformly
+        from all classes (possibly its own). Drawn from ``data_seed`` over the whole dataset, so the noisy rows are
+        part of the data (the same at every seed), but applied only to the train (and with ``corrupt_val`` val)
+        labels: scikit-learn would flip test labels too."""
+        if self.flip_y == 0:
+            return None
+        rng = np.random.default_rng(np.random.SeedSequence([self.data_seed, 1]))
+        flip = rng.random(len(y)) < self.flip_y
+        return np.where(flip, rng.integers(0, self.n_classes, size=len(y)), y)
 
 
 class SyntheticRegression(Task):

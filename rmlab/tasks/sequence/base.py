@@ -24,7 +24,8 @@ SPLITS = ("train", "val", "test")
 
 class SequenceTask:
     """Base of the sequence tasks. Subclasses set ``default_name`` and implement ``_examples``; they may set
-    ``labels`` (text classification) and override ``verify`` (tasks with a checkable answer)."""
+    ``labels`` (text classification), override ``verify`` (tasks with a checkable answer) and ``_corrupt`` (another
+    kind of noise than completion noise)."""
 
     kind: ClassVar[str] = kinds.SEQUENCE
     default_name: ClassVar[str] = "sequence"
@@ -95,11 +96,17 @@ class SequenceTask:
                               f"val_fraction={self.val_fraction}, test_fraction={self.test_fraction}")
         parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
         splits = {name: [examples[i] for g in sorted(parts[name]) for i in groups[keys[g]]] for name in SPLITS}
-        if self.completion_noise > 0:
-            rngs = {"train": np.random.default_rng(train_seq), "val": np.random.default_rng(val_seq)}
-            for name in ("train", "val") if self.corrupt_val else ("train",):
-                splits[name] = corrupt_completions(splits[name], self.completion_noise, rngs[name])
+        rngs = {"train": np.random.default_rng(train_seq), "val": np.random.default_rng(val_seq)}
+        for name in ("train", "val") if self.corrupt_val else ("train",):  # test stays clean
+            splits[name] = self._corrupt(splits[name], rngs[name])
         return splits
+
+    def _corrupt(self, examples: list[TextExample], rng: np.random.Generator) -> list[TextExample]:
+        """The corrupted copy of one split's examples (train, and val when ``corrupt_val``): completion noise here;
+        a task with another kind of noise (labels of a text classification task) overrides this."""
+        if self.completion_noise == 0:
+            return examples
+        return corrupt_completions(examples, self.completion_noise, rng)
 
 
 def corrupt_completions(examples: list[TextExample], rate: float, rng: np.random.Generator) -> list[TextExample]:

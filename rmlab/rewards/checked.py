@@ -1,0 +1,57 @@
+"""Text rewards that need something of the task (output kind ``sequence``):
+
+    TaskVerifier   ``verifier``        the task's own answer checker (``TaskInfo.verifier``), in [0, 1]
+    LabelAccuracy  ``label_accuracy``  1 if the completion is the example's label, else 0 (text classification)
+
+Each refuses, at start-up (``check_task``), a task that lacks what it needs, naming the text rewards that work there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from rmlab.kinds import TaskInfo
+from rmlab.rewards.text import TextReward
+from rmlab.sequence import TextExample, Verifier
+
+
+class TaskVerifier(TextReward):
+    """The task's verifier on each completion: whether the answer is right (``addition`` checks the sum numerically,
+    ``summarisation`` gives the share of key facts mentioned, ``reasoning_gym`` uses the dataset's ``score_answer``).
+    A verifier checks the true answer, so on a split whose completions were corrupted it still scores against the
+    clean one, unlike the rewards that compare with the reference text.
+
+    ``check_task`` binds the task's verifier (the run calls it once at start-up, before any ``score``)."""
+
+    default_name = "verifier"
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__(name)
+        self._verifier: Verifier | None = None
+
+    def check_task(self, info: TaskInfo) -> None:
+        if info.verifier is None:
+            raise self._refuse(info, "a task with its own answer checker (a verifier)")
+        self._verifier = info.verifier
+
+    def score(self, completions: Sequence[str], examples: Sequence[TextExample]) -> torch.Tensor:
+        self._check_batch(completions, examples)
+        if self._verifier is None:
+            raise RuntimeError(f"reward {self.name!r} scores with the task's verifier: call check_task(info) first")
+        return torch.tensor([self._verifier(c, e) for c, e in zip(completions, examples)], dtype=torch.float32)
+
+
+class LabelAccuracy(TextReward):
+    """Classification accuracy of a text classification task: 1.0 if the completion, stripped of surrounding
+    whitespace, is the example's label (its completion in the split), else 0.0; text outside the label set is wrong."""
+
+    default_name = "label_accuracy"
+
+    def check_task(self, info: TaskInfo) -> None:
+        if not info.labels:
+            raise self._refuse(info, "a text classification task (a label set)")
+
+    def _score(self, completion: str, reference: str) -> float:
+        return float(completion.strip() == reference)
