@@ -35,21 +35,31 @@ def run_command(hydra_main: Callable[[], Any]) -> NoReturn:
     from rmlab.paths import expose_plugins
 
     expose_plugins()
-    user_full = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "1"
+    # The user's own HYDRA_FULL_ERROR, not the one an rmlab parent process set (a DDP rank inherits its environment).
+    user_full = None if os.environ.get(_OURS) else os.environ.get("HYDRA_FULL_ERROR")
+    os.environ.update({"HYDRA_FULL_ERROR": "1", _OURS: "1"})
     sweep_parent.reset_exit_code()
     try:
         hydra_main()
         code = sweep_parent.exit_code()
     except BaseException as err:  # noqa: BLE001 - every way out gets its exit code
-        if user_full is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
+        _restore_env(user_full)
         code = _ended(err.error if isinstance(err, Abort) else err, full=user_full not in (None, "0", ""))
     finally:
-        if user_full is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
+        _restore_env(user_full)
     sys.stdout.flush()
     sys.exit(code)
+
+
+_OURS = "RMLAB_SET_HYDRA_FULL_ERROR"
+
+
+def _restore_env(user_full: str | None) -> None:
+    os.environ.pop(_OURS, None)
+    if user_full is None:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+    else:
+        os.environ["HYDRA_FULL_ERROR"] = user_full
 
 
 def _ended(err: BaseException, full: bool) -> int:
