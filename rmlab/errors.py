@@ -20,8 +20,21 @@ class DataError(ConfigError):
     """A user's data file cannot be used (missing column, non-numeric values, NaN, empty, one class)."""
 
 
+class StoreError(ConfigError):
+    """The MLflow store cannot be written or opened (an unwritable folder, a broken database)."""
+
+
 class NonFiniteLossError(RmlabError, FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class Abort(BaseException):
+    """Stops the command from inside a Hydra callback with ``error``: Hydra turns an ordinary exception raised there
+    into a warning and goes on (a sweep without its parent run), but lets a BaseException through."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def check(condition: bool, message: str) -> None:

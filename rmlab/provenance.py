@@ -192,8 +192,8 @@ def git_tags() -> dict[str, str]:
 def run_tags(cfg: DictConfig, context: dict[str, Any]) -> dict[str, str]:
     """Task, loss, reward, seed, model, optimizer, feedback, versions, the git commit (for the reader), the command,
     the config hash, the provenance tags with the reuse key (a sweep does not train again a job whose key already
-    FINISHED) and, inside a sweep, the sweep id (its directory), the job number and the job's own overrides (quoted
-    as a shell would, so a value with a space stays one override)."""
+    FINISHED) and, inside a sweep, the sweep id (its parent run's id, unique per invocation), the sweep directory, the
+    job number and the job's own overrides (quoted as a shell would, so a value with a space stays one override)."""
     tags = {
         "task": cfg.task.name, "loss": cfg.loss.name, "reward": cfg.reward.name, "seed": str(cfg.seed),
         "feedback": cfg.feedback.name, "model": cfg.model.name, "optimizer": cfg.optimizer.name,
@@ -202,6 +202,6 @@ def run_tags(cfg: DictConfig, context: dict[str, Any]) -> dict[str, str]:
         **provenance(cfg),
     }
     if context.get("multirun"):
-        tags.update({"sweep_id": context["sweep_dir"], "rmlab.job_num": str(context["job_num"]),
-                     "rmlab.overrides": shlex.join(context["overrides"])})
+        tags.update({"sweep_id": context.get("parent_run_id") or "", "rmlab.sweep_dir": context["sweep_dir"],
+                     "rmlab.job_num": str(context["job_num"]), "rmlab.overrides": shlex.join(context["overrides"])})
     return tags

@@ -1,8 +1,8 @@
 """One run: seed, validate and build everything, then track, fit, test, and close the run with its status.
 
 Nothing is recorded until the whole config has been checked (``rmlab.build``), so a bad command line never leaves a
-run behind. Once the MLflow run is open, it is closed on every path: FINISHED, FAILED (with the error), or KILLED
-(Ctrl-C or SIGTERM).
+run behind. The run then goes through ``rmlab.lifecycle.RunLifecycle``, which opens it, handles Ctrl-C and SIGTERM,
+and closes it on every path: FINISHED, FAILED (with the error), or KILLED (Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
@@ -138,27 +138,27 @@ def global_rank() -> int:
 def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
     """Run one experiment described by a composed config. Returns the test metrics, ``val/selected_reward`` (the
     validation reward of the tested weights, see ``selection_metrics``) and the MLflow ``run_id`` (None when
-    untracked). Raises ConfigError before anything is recorded if the config is bad (inside a sweep, the failed job
-    is recorded as a FAILED child run so the sweep's summary counts it)."""
+    untracked). Raises ConfigError before anything is recorded if the config is bad (inside a sweep,
+    ``rmlab.jobs.sweep_job`` records the failed job as a FAILED child run so the sweep's summary counts it)."""
     context = job_context()
     # One MLflow run per experiment: under DDP only rank 0 tracks (every rank runs this function).
     tracked = cfg.logger.get("name") == "mlflow" and not cfg.trainer.get("fast_dev_run") and global_rank() == 0
     if parent_run_id is None and tracked and context["multirun"]:
-        from rmlab.sweep import parent_run_id as sweep_parent
+        from rmlab.sweep_parent import parent_run_id as sweep_parent
 
         parent_run_id = sweep_parent(context["sweep_dir"])
-    try:
-        validate_config(cfg)  # before seeding (a seed of 2**64 must be a config error) and before torch loads
-        validate_for_context(cfg, context)
-        seed_all(cfg.seed)
-        from rmlab.build import build_components
+    context["parent_run_id"] = parent_run_id
+    validate_config(cfg)  # before seeding (a seed of 2**64 must be a config error) and before torch loads
+    if tracked:  # an unwritable store is reported now, in one line, not after minutes of MLflow's retries
+        from rmlab.store import check_writable, resolve_tracking_uri
 
-        parts: Components = build_components(cfg)
-        set_threads(cfg, context)
-    except ConfigError as err:
-        if tracked and parent_run_id:
-            _record_failed_job(cfg, _tags_of_invalid(cfg, context), parent_run_id, err)
-        raise
+        check_writable(resolve_tracking_uri(cfg.logger.tracking_uri))
+    validate_for_context(cfg, context)
+    seed_all(cfg.seed)
+    from rmlab.build import build_components
+
+    parts: Components = build_components(cfg)
+    set_threads(cfg, context)
     log.info(compact_config(cfg))
 
     tracker = None
@@ -175,6 +175,11 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
                 print(result_block(reused, parts.reward.name, reused["run_id"], tracker.uri, _dashboard(tracker),
                                    _run_page(tracker)))
                 return reused
+        elif not context["multirun"]:
+            from rmlab.tidy import close_orphans
+
+            for run_id in close_orphans(tracker.client):
+                log.warning(f"rmlab: closed run {run_id} FAILED: its process ended without closing it")
     results = _fit_and_test(cfg, parts, tracker, tags, parent_run_id)
     if global_rank() == 0:
         print(result_block(results, parts.reward.name, results["run_id"], tracker.uri if tracker else None,
@@ -184,8 +189,11 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
 
 def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, str],
                   parent_run_id: str | None) -> dict[str, Any]:
+    from rmlab.lifecycle import RunLifecycle
+
     module, data = _module_and_data(cfg, parts)
     out = output_dir()
+    life = RunLifecycle(tracker, run_name(cfg), tags, parent_run_id)
     callbacks = make_callbacks(cfg, data)
     validation = callbacks[0]
     loggers = []
@@ -193,16 +201,12 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         from rmlab.tracking import TrackerLogger
 
         loggers.append(TrackerLogger(tracker))
-    try:
-        trainer = make_trainer(cfg, callbacks, loggers, out)
-    except ConfigError as err:  # a bad strategy or device list: inside a sweep, still a FAILED child
-        if tracker is not None and parent_run_id:
-            _record_failed_job(cfg, tags, parent_run_id, err)
-        raise
+    trainer = make_trainer(cfg, [*callbacks, life.lightning_callback()], loggers, out)
 
-    if tracker is not None:
-        _open_run(tracker, cfg, tags, parent_run_id, parts.task)
-    try:
+    datasets = _datasets(cfg, parts.task) if tracker is not None else None  # digests: before the run exists
+    with life:  # the run exists from here on, and is closed with its status whatever happens
+        if tracker is not None:
+            _record_config(tracker, cfg, datasets)
         started = time.perf_counter()
         trainer.fit(module, datamodule=data)
         fit_s = time.perf_counter() - started
@@ -220,14 +224,7 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         if tracker is not None:
             tracker.set_tags({"rmlab.selection": validation.selected()[0]})
             _log_outcome(tracker, cfg, parts, results, trainer.global_step, module.first_step_time)
-    except BaseException as err:
-        if tracker is not None:
-            status, reason = _ending(err)
-            tracker.finish(status, error=reason)
-        raise
-    if tracker is not None:
-        tracker.finish("FINISHED")
-    results["run_id"] = tracker.run_id if tracker else None
+    results["run_id"] = life.run_id
     return results
 
 
@@ -284,51 +281,6 @@ def _log_outcome(tracker, cfg: DictConfig, parts: Components, results: dict[str,
         log_model(tracker, cfg, parts, step, linked, register_as=cfg.logger.register_as)
 
 
-def _ending(err: BaseException) -> tuple[str, str]:
-    """MLflow status and reason for a run that ended with ``err``."""
-    if type(err).__name__ == "TrialPruned":
-        return "KILLED", f"pruned by Optuna: {err}"
-    if isinstance(err, (KeyboardInterrupt, SystemExit)):
-        return "KILLED", "interrupted (Ctrl-C or SIGTERM)"
-    return "FAILED", f"{type(err).__name__}: {err}"
-
-
-def _tags_of_invalid(cfg: DictConfig, context: dict[str, Any]) -> dict[str, str]:
-    """The tags of a job whose config failed validation: the usual ones where the config allows computing them,
-    else what places the job in its sweep (its overrides, so the summary counts it in its cell)."""
-    try:
-        return run_tags(cfg, context)
-    except Exception:  # e.g. a missing task.path or an interpolation that does not resolve
-        import shlex
-
-        return {"sweep_id": str(context["sweep_dir"]), "rmlab.job_num": str(context["job_num"]),
-                "rmlab.overrides": shlex.join(context["overrides"]), "mlflow.source.name": "rmlab"}
-
-
-def _record_failed_job(cfg: DictConfig, tags: dict[str, str], parent_run_id: str, err: Exception) -> None:
-    """A sweep job whose config is invalid still gets a (FAILED) child run, so the sweep's summary counts it. A job
-    whose ``experiment`` or ``logger`` is the invalid part is recorded in its parent's experiment and store."""
-    from rmlab.tracking import Tracker, client_for, resolve_tracking_uri
-
-    uri = cfg.logger.get("tracking_uri") if cfg.logger.get("name") == "mlflow" else None
-    experiment = cfg.get("experiment")
-    try:
-        uri = resolve_tracking_uri(uri if isinstance(uri, str) and uri else None)
-        if not isinstance(experiment, str) or not experiment.strip():
-            client = client_for(uri)
-            experiment = client.get_experiment(client.get_run(parent_run_id).info.experiment_id).name
-    except Exception as lookup:  # the parent is not in that store either: nothing to attach the job to
-        log.warning(f"Failed job not recorded: {type(lookup).__name__}: {lookup}")
-        return
-    try:
-        name = str(run_name(cfg))
-    except Exception:
-        name = f"job-{tags.get('rmlab.job_num', '?')}"
-    tracker = Tracker(uri, experiment)
-    tracker.start(name, tags, parent_run_id=parent_run_id)
-    tracker.finish("FAILED", error=f"{type(err).__name__}: {err}")
-
-
 def _dashboard(tracker) -> str | None:
     if tracker is None:
         return None
@@ -345,20 +297,19 @@ def _run_page(tracker) -> str | None:
     return run_page_url(tracker.uri, tracker.experiment_id, tracker.run_id)
 
 
-def _open_run(tracker, cfg: DictConfig, tags: dict[str, str], parent_run_id: str | None, task) -> None:
-    """Create the MLflow run and record everything known before training: params, tags, the datasets (one per split),
-    config, command."""
+def _datasets(cfg: DictConfig, task) -> list:
+    """The run's datasets, one per split (``rmlab.lineage``), with their digests."""
     from rmlab.lineage import split_datasets
+
+    return split_datasets(task, OmegaConf.to_container(cfg.task, resolve=True))
+
+
+def _record_config(tracker, cfg: DictConfig, datasets: list) -> None:
+    """Record everything known before training on the open run: params (numbers as the user typed them), the
+    datasets, the resolved config, the command."""
     from rmlab.tracking import flatten, typed_params
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    datasets = split_datasets(task, resolved["task"])  # digests take a moment: before the run exists
-    tracker.start(run_name(cfg), tags, parent_run_id=parent_run_id)
-    try:
-        tracker.log_params(typed_params(flatten(resolved), command_overrides()))
-        tracker.log_inputs(datasets)
-        tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        tracker.log_text(command_line() + "\n", "command.txt")
-    except BaseException as err:
-        tracker.finish(*_ending(err))  # Ctrl-C here is KILLED, as during training
-        raise
+    tracker.log_params(typed_params(flatten(OmegaConf.to_container(cfg, resolve=True)), command_overrides()))
+    tracker.log_inputs(datasets)
+    tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    tracker.log_text(command_line() + "\n", "command.txt")

@@ -1,9 +1,7 @@
 """MLflow tracking: the store, the experiment, one run's params, tags, metrics, artifacts and final status.
 
 Rules this module keeps (docs/design.md says why):
-- the store is ``logger.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``: the file
-  that ``mlflow ui`` opens when started in the same directory. Never the file store that Lightning defaults to.
-- experiments on a local sqlite store get an absolute artifact location beside the database (``mlartifacts/``).
+- the store is opened through ``rmlab.store`` (which one, writable, created once under a file lock).
 - params are logged synchronously and in full (Lightning's MLFlowLogger truncates them to 250 characters); metrics
   are buffered and sent asynchronously at most every ``flush_every_s`` seconds (each write to a sqlite store costs
   milliseconds of CPU, which a small model's training would otherwise share), drained before the run is closed.
@@ -16,6 +14,8 @@ Rules this module keeps (docs/design.md says why):
   run once the server is back. The last batch carries the tag ``rmlab.metric_points``: the points the run sent.
 - credentials in the store's URI never leave the process: params, tags, text and text artifacts pass through
   ``rmlab.credentials.redact``.
+  When a run opens and closes, and with which status, is ``rmlab.lifecycle``'s business; this module only
+  records it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import re
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -39,33 +38,20 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from rmlab.credentials import redact, redacted_file, remove_copy
 from rmlab.errors import MetricsNotStored
 from rmlab.server import bound_http_retries, check_reachable, is_http
+from rmlab.store import get_or_create_experiment, open_client, resolve_tracking_uri, slug, sqlite_path
 
 log = logging.getLogger("rmlab")
 
 MAX_TAG = 8000
-# MLflow 3 tells GenAI experiments from model-training ones by this tag (its UI then opens the right view where the
-# experiment kind decides it).
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # How long the metrics are retried while the store does not answer (logger.retry_s).
 RETRY_S = 120.0
 # Tag on every run: the metric points it sent (the store should hold as many).
 POINTS_TAG = "rmlab.metric_points"
 
-
-def resolve_tracking_uri(configured: str | None) -> str:
-    """The store a run writes to: the configured URI, else $MLFLOW_TRACKING_URI, else ./mlflow.db (absolute)."""
-    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        # A relative sqlite path would move with the working directory; pin it now.
-        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
-    return uri
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a sqlite URI, else None."""
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+# The store's own functions, also importable from here.
+client_for = open_client
+__all__ = ["Tracker", "TrackerLogger", "client_for", "dashboard_command", "flatten", "get_or_create_experiment",
+           "open_client", "resolve_tracking_uri", "slug", "sqlite_path"]
 
 
 def dashboard_command(uri: str) -> str:
@@ -136,37 +122,14 @@ def current_user() -> str:
         return "unknown"
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "experiment"
-
-
-@lru_cache(maxsize=8)
-def client_for(uri: str) -> MlflowClient:
-    """One client per store and process: opening a sqlite store (engine, schema check) costs about 0.1 s, paid once
-    per sweep instead of once per job. The store is also the model registry (``logger.register_as``): left to MLflow,
-    the registry would follow the process's global tracking URI, which code around rmlab may have set elsewhere."""
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def get_or_create_experiment(client: MlflowClient, uri: str, name: str) -> str:
-    """The experiment's id, creating it (with an absolute artifact location on a local store) if needed."""
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    db = sqlite_path(uri)
-    location = str(db.parent / "mlartifacts" / slug(name)) if db is not None else None
-    try:
-        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
-    except Exception:
-        # Another process created it between our lookup and our create.
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
-
-
 class Tracker:
-    """One MLflow run, opened by ``start`` and always closed by ``finish`` with an explicit status."""
+    """One MLflow run, opened by ``start`` (or joined by ``attach``) and closed by ``finish`` with an explicit status.
+
+    ``opened`` counts the runs this process has started, so that a sweep job can tell whether its failure already has
+    a run to record it on.
+    """
+
+    opened = 0
 
     def __init__(self, tracking_uri: str | None, experiment: str, flush_every_s: float = 5.0,
                  retry_s: float = RETRY_S) -> None:
@@ -176,13 +139,10 @@ class Tracker:
         self._buffer: list[Metric] = []
         self._last: dict[str, tuple[int, float]] = {}  # key -> (step, value) last buffered
         self._last_send = time.monotonic()
-        db = sqlite_path(self.uri)
-        if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
         if is_http(self.uri):
             bound_http_retries()
             check_reachable(self.uri)  # a server that is down: a clear error now, not a hang at the first write
-        self.client = client_for(self.uri)
+        self.client: MlflowClient = open_client(self.uri)
         self.experiment = experiment
         self.experiment_id: str | None = None
         self.run_id: str | None = None
@@ -202,7 +162,14 @@ class Tracker:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
         self.run_id = run.info.run_id
+        Tracker.opened += 1
+        self._last_send = time.monotonic()  # the flush interval counts from the run's start, not the store's opening
         return self.run_id
+
+    def attach(self, run_id: str) -> None:
+        """Record on an existing run (a sweep's parent, from the process that opened it)."""
+        self.run_id = run_id
+        self.experiment_id = self.client.get_run(run_id).info.experiment_id
 
     def log_params(self, params: Mapping[str, str]) -> None:
         # Synchronous: concurrent async batches logging one param key race and are dropped silently (docs/design.md).
@@ -363,11 +330,40 @@ class Tracker:
             error = f"metrics could not be stored: {type(err).__name__}: {err}" + (f"; {error}" if error else "")
         finally:
             self._sender.shutdown(wait=True)
-        if error:
-            self.client.set_tag(self.run_id, "error", redact(error)[:MAX_TAG])
-        self.client.set_terminated(self.run_id, status=status)
+        self.end_run(self.run_id, status, error)
         if failure is not None:
             raise failure
+
+    # -- other runs of the store (a sweep's children) ---------------------------------------------------------------
+
+    def end_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        """Close ``run_id`` with ``status``, recording ``error`` (if any) in its ``error`` tag."""
+        if error:
+            self.client.set_tag(run_id, "error", redact(error)[:MAX_TAG])
+        self.client.set_terminated(run_id, status=status)
+
+    def get(self, run_id: str | None = None) -> Any:
+        """The run ``run_id`` (default: this run) as the store has it now."""
+        return self.client.get_run(run_id or self.run_id)
+
+    def children(self, run_id: str | None = None) -> list:
+        """Every child run of ``run_id`` (default: this run), in every experiment (a sweep may vary
+        ``experiment``), oldest job first."""
+        parent = run_id or self.run_id
+        ids = [e.experiment_id for e in self.client.search_experiments()]
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(ids, filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+                                           max_results=1000, page_token=token)
+            runs += list(page)
+            token = page.token
+            if not token:
+                break
+        return sorted(runs, key=lambda r: (int(r.data.tags.get("rmlab.job_num", 0)), r.info.start_time))
+
+    def delete(self) -> None:
+        """Delete this run (a sweep parent that no job ever used)."""
+        self.client.delete_run(self.run_id)
 
 
 def _transient(err: BaseException) -> bool:

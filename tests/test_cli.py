@@ -1,11 +1,15 @@
 """The command line as a user runs it: `python -m rmlab ...` in a fresh directory, read back with MLflow's client."""
 
+import os
 import subprocess
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from rmlab.paths import CONFIG_DIR
 from tests.conftest import PYTHON, cli_env, stop_group
 
 FAST = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
@@ -43,9 +47,61 @@ def test_incompatible_combination_fails_before_anything_is_recorded(tmp_path):
 
 def test_unknown_group_option_names_the_choices(tmp_path):
     done = rmlab("loss=hubber", cwd=tmp_path)
-    assert done.returncode != 0
-    assert "Could not find 'loss/hubber'" in done.stderr
-    assert "huber" in done.stderr and "cross_entropy" in done.stderr  # Hydra lists the available options
+    assert done.returncode == 2
+    # One line, keeping Hydra's list of the available options.
+    options = ", ".join(sorted(path.stem for path in (CONFIG_DIR / "loss").glob("*.yaml")))
+    assert done.stderr.strip().splitlines() == [
+        f"rmlab: error: Could not find 'loss/hubber'. Available options in 'loss': {options}"]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("override,line", [
+    ("loss.deltaa=1", "loss.deltaa is not a key of loss (cross_entropy): valid keys: name, label_smoothing, "
+                      "class_weights"),
+    ("loss=huber loss.delt=2", "loss.delt is not a key of loss (huber): did you mean loss.delta? valid keys: name, "
+                               "delta"),
+    ("losss=huber", "losss is not a key of the config: did you mean loss? valid keys: task, model, loss, reward, "
+                    "feedback, generation, optimizer, trainer, logger, seed, experiment, run_name"),
+    ("sed=3", "sed is not a key of the config: did you mean seed?"),
+    ("seed=[", "no viable alternative at input '['"),
+])
+def test_hydra_errors_are_one_line_with_exit_code_2(tmp_path, override, line):
+    done = rmlab(*override.split(), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"rmlab: error: {line}"), done.stderr
+    assert not any(tmp_path.iterdir())  # nothing created: no store, no output folder
+
+
+def unwritable_folder(tmp_path):
+    """A folder this process cannot write: a read-only one, or for root (who ignores permissions) /proc/sys."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read_only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    folder = Path("/proc/sys")
+    if not folder.is_dir() or os.access(folder, os.W_OK):
+        pytest.skip("no folder that root cannot write")
+    return folder
+
+
+@pytest.mark.parametrize("case", ["cwd", "cwd_with_run_dir_elsewhere", "tracking_uri"])
+def test_unwritable_places_are_one_line_errors_at_once(tmp_path, case):
+    folder = unwritable_folder(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    args, cwd = {"cwd": ([], folder),
+                 "cwd_with_run_dir_elsewhere": ([f"hydra.run.dir={elsewhere / 'out'}"], folder),
+                 "tracking_uri": ([f"logger.tracking_uri=sqlite:///{folder / 'sub' / 'x.db'}"], elsewhere)}[case]
+    started = time.monotonic()
+    done = rmlab("task=wine", "trainer.max_epochs=1", *args, cwd=cwd)
+    assert time.monotonic() - started < 60  # MLflow alone retries for about two minutes
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.strip().splitlines() if not line.startswith("[")]
+    assert len(lines) == 1 and lines[0].startswith("rmlab: error: cannot"), done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not list(elsewhere.rglob("mlflow.db"))
 
 
 @pytest.mark.parametrize("override,message", [
@@ -111,12 +167,14 @@ def test_mlflow_ui_started_in_the_directory_shows_the_run(tmp_path):
     done = rmlab("trainer.max_epochs=1", "trainer.enable_progress_bar=false", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     port = free_port()
-    server = subprocess.Popen(["mlflow", "ui", "--port", str(port)], cwd=tmp_path, env=cli_env(),
+    # The interpreter running the tests, not whatever `mlflow` is first on PATH (a venv need not be activated).
+    # Its own process group: the server's uvicorn workers are stopped with it.
+    server = subprocess.Popen([PYTHON, "-m", "mlflow", "ui", "--port", str(port)], cwd=tmp_path, env=cli_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
 
     def get(path):
-        with urllib.request.urlopen(base + path, timeout=5) as response:
+        with urllib.request.urlopen(base + path, timeout=60) as response:
             return response.read().decode()
 
     try:
@@ -132,7 +190,7 @@ def test_mlflow_ui_started_in_the_directory_shows_the_run(tmp_path):
         request = urllib.request.Request(base + "/api/2.0/mlflow/runs/search", method="POST",
                                          data=json.dumps({"experiment_ids": [exp_id]}).encode(),
                                          headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:
             run = json.loads(response.read())["runs"][0]
         params = {p["key"]: p["value"] for p in run["data"]["params"]}
         metrics = {m["key"] for m in run["data"]["metrics"]}

@@ -1,7 +1,10 @@
 """Every option of every config group composes, builds and validates; the packaged configs ship in the wheel."""
 
+import os
 import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,6 +148,48 @@ def test_wheel_carries_the_configs(tmp_path):
     shown = subprocess.run([PYTHON, "-m", "rmlab", "--cfg", "job", "loss=huber", "sweep=noise_robustness"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
     assert "name: huber" in shown.stdout and "experiment: noise_robustness" in shown.stdout
+
+
+@pytest.mark.slow
+def test_plain_editable_install_finds_the_sweeper_plugin(tmp_path):
+    """`pip install -e .` with no flags (setuptools' PEP 660 editable mode, which hides namespace packages from
+    Hydra's plugin scan) in a fresh virtual environment: `sweep=optuna` composes and runs."""
+    import site
+    import sysconfig
+
+    source = tmp_path / "src"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for name in tracked.splitlines():
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            (source / name).write_bytes((REPO / name).read_bytes())
+    venv = tmp_path / "venv"
+    subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python"))
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    # The dependencies (and pip) come from this interpreter's site-packages as plain path entries: their .pth files,
+    # among them the editable install of the checkout under test, are not processed, so only the new install
+    # provides rmlab.
+    Path(purelib, "dependencies.pth").write_text("\n".join([*site.getsitepackages(), sysconfig.get_paths()["purelib"]]))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("MLFLOW_")}
+    installed = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e",
+                                str(source)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    found = subprocess.run([python, "-c", "import rmlab; print(rmlab.__file__)"], cwd=elsewhere, env=env,
+                           capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == str(source / "rmlab" / "__init__.py")
+    shown = subprocess.run([python, "-m", "rmlab", "sweep=optuna", "--cfg", "hydra"], cwd=elsewhere, env=env,
+                           capture_output=True, text=True)
+    assert shown.returncode == 0 and "RmlabOptunaSweeper" in shown.stdout, shown.stderr
+    swept = subprocess.run([python, "-m", "rmlab", "-m", "sweep=optuna", "task=wine", "trainer.max_epochs=1",
+                            "trainer.enable_progress_bar=false", "hydra.sweeper.n_trials=1", "logger=none"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert swept.returncode == 0, swept.stderr[-3000:]
+    (results,) = elsewhere.rglob("optimization_results.yaml")
+    assert "COMPLETE: 1" in results.read_text()
 
 
 def test_config_checks_import_neither_lightning_nor_mlflow():

@@ -113,7 +113,7 @@ def test_outside_a_repository_a_change_to_rmlabs_code_trains_again(tmp_path):
         assert done.returncode == 0, done.stdout + done.stderr
         store = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
         runs = store.search_runs([e.experiment_id for e in store.search_experiments()],
-                                 f"tags.sweep_id = '{work / name}' and tags.`rmlab.job_num` = '0'")
+                                 f"tags.`rmlab.sweep_dir` = '{work / name}' and tags.`rmlab.job_num` = '0'")
         assert len(runs) == 1
         return runs[0].data.tags
 

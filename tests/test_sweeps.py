@@ -15,6 +15,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,8 +57,8 @@ class Sweep:
         return parents, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
 
     def parent(self):
-        """This sweep's parent run (the one whose sweep_id is this sweep's directory)."""
-        found = [p for p in self.runs()[0] if p.data.tags["sweep_id"] == str(self.sweep_dir)]
+        """This sweep's parent run (the one whose sweep directory is this sweep's)."""
+        found = [p for p in self.runs()[0] if p.data.tags["rmlab.sweep_dir"] == str(self.sweep_dir)]
         assert len(found) == 1, self.out
         return found[0]
 
@@ -158,7 +159,8 @@ def test_grid_parent_children_and_summary(sweeps):
     parent = sweep.parent()
     tags = parent.data.tags
     assert parent.info.status == "FINISHED" and tags["rmlab.role"] == "parent" and tags["failures"] == "0"
-    assert tags["sweep_id"] == str(sweep.sweep_dir) and "loss=cross_entropy,gce" in tags["command"]
+    assert tags["rmlab.sweep_dir"] == str(sweep.sweep_dir) and "loss=cross_entropy,gce" in tags["command"]
+    assert tags["sweep_id"] == parent.info.run_id  # unique per invocation, even in a reused folder
     assert (sweep.sweep_dir / PARENT_RUN_FILE).read_text().strip() == parent.info.run_id
     assert parent.data.params["sweep.launcher"] == "basic"
 
@@ -166,7 +168,8 @@ def test_grid_parent_children_and_summary(sweeps):
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
     cells = {(c.data.params["loss.name"], c.data.params["seed"]) for c in children}
     assert cells == {("cross_entropy", "0"), ("cross_entropy", "1"), ("gce", "0"), ("gce", "1")}
-    assert all(c.data.tags["sweep_id"] == str(sweep.sweep_dir) for c in children)
+    assert all(c.data.tags["sweep_id"] == parent.info.run_id for c in children)
+    assert all(c.data.tags["rmlab.sweep_dir"] == str(sweep.sweep_dir) for c in children)
 
     rows = read_csv(sweep.artifact(parent, "summary.csv"))
     assert [r["loss"] for r in rows] == ["cross_entropy", "gce"] and "seed" not in rows[0]
@@ -222,7 +225,7 @@ def test_parallel_joblib_sweep_on_fresh_store_loses_nothing(sweeps):
 @pytest.mark.slow
 def test_failed_job_is_counted_and_sweep_goes_on(sweeps):
     sweep, typo, trainer = sweeps["failing"].result()
-    assert sweep.rc == 0, sweep.out
+    assert sweep.rc == 1, sweep.out  # a job failed: the command says so
     parent = sweep.parent()
     assert parent.info.status == "FINISHED" and parent.data.tags["failures"] == "1"
     by_lr = {c.data.tags["rmlab.overrides"].split("optimizer.lr=")[1]: c for c in sweep.children(parent)}
@@ -235,7 +238,7 @@ def test_failed_job_is_counted_and_sweep_goes_on(sweeps):
     assert "Failed jobs:" in (sweep.sweep_dir / "summary.md").read_text()
     assert parent.data.tags["best_cell"] == "optimizer.lr=0.001"
     # An unknown option stops the sweep before any job (Hydra composes them all first) and leaves no parent behind.
-    assert typo.rc == 1 and "Could not find 'loss/hubber'" in typo.out
+    assert typo.rc == 2 and "rmlab: error: Could not find 'loss/hubber'" in typo.out
     assert len(sweep.runs()[0]) == 1 and not (typo.sweep_dir / PARENT_RUN_FILE).exists()
     # A job whose Trainer cannot be built (an unknown strategy) is a FAILED child too, counted by its parent.
     parent = trainer.parent()
@@ -282,7 +285,7 @@ def test_submitit_local_launcher(sweeps):
 @pytest.mark.slow
 def test_ctrl_c_closes_parent_killed(sweeps):
     sweep = sweeps["interrupted"].result()
-    assert sweep.rc != 0
+    assert sweep.rc == 130, sweep.out
     parent = sweep.parent()
     assert parent.info.status == "KILLED", sweep.out
     assert "SIGINT" in parent.data.tags["error"] and parent.data.tags["failures"] == "1"
@@ -356,9 +359,9 @@ def test_optuna_trials_are_rows_sorted_by_objective():
 
 def test_callback_carries_no_state_to_remote_jobs():
     callback = SweepCallback()
-    callback.run_id, callback.uri = "abc", "sqlite:////x.db"
+    callback.parent = threading.Lock()  # stands in for the open parent run, which cannot travel
     clone = pickle.loads(pickle.dumps(callback))
-    assert clone.run_id is None and clone.uri is None
+    assert clone.parent is None
 
 
 # -- presets, in-process -----------------------------------------------------------------------------------------
