@@ -30,13 +30,14 @@ aggregated as the mean):
     NegEditDistance  ``neg_edit_distance``  negative normalised character edit distance, in [-1, 0]
     TaskVerifier     ``verifier``           the task's own answer checker (tasks that have one)
     LabelAccuracy    ``label_accuracy``     the completion is the label (text classification tasks)
+    GoldReward       ``gold``               the task's hidden true reward (known-reward tasks: ``review_writing``)
 
 Each has a config ``conf/reward/<name>.yaml``. ``AdaptedMetric`` (``rmlab.rewards.metrics``) is the shared
 torchmetrics wrapper that takes raw model output and makes every aggregate higher-is-better.
 """
 
 from rmlab.rewards.base import Reward
-from rmlab.rewards.checked import LabelAccuracy, TaskVerifier
+from rmlab.rewards.checked import GoldReward, LabelAccuracy, TaskVerifier
 from rmlab.rewards.classification import AUROC, F1, Accuracy, NegECE, Precision, Recall
 from rmlab.rewards.metrics import AdaptedMetric
 from rmlab.rewards.ngram import BLEU, ChrF
@@ -48,6 +49,7 @@ __all__ = [
     "AUROC",
     "BLEU",
     "F1",
+    "GoldReward",
     "R2",
     "Accuracy",
     "AdaptedMetric",

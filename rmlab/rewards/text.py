@@ -103,7 +103,8 @@ class TextReward(Reward):
         """The start-up error of a reward the task cannot give: what it needs, and the text rewards that work."""
         from rmlab.build import compatible_options
 
-        other = [name for name in compatible_options("reward", SEQUENCE) if name not in ("verifier", "label_accuracy")]
+        needs_task = ("verifier", "label_accuracy", "gold")
+        other = [name for name in compatible_options("reward", SEQUENCE) if name not in needs_task]
         return IncompatibleError(f"reward={self.name} does not work on task={info.name}: it needs {needs}, which "
                                  f"task={info.name} does not have; use reward={', '.join(other)} instead")
 
