@@ -213,7 +213,8 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         validation.restore(module)  # test the weights with the best val/reward (if kept)
         results: dict[str, Any] = module.evaluate("test", data.test_batches())
         results.update(selection_metrics(validation))
-        saved = validation.save(out / "checkpoints" / "best.ckpt") if trainer.is_global_zero else None
+        saved = (validation.save(out / "checkpoints" / "best.ckpt", checkpoint_meta(cfg, parts))
+                 if trainer.is_global_zero else None)
         if tracker is not None and cfg.logger.log_checkpoint and saved is not None:
             tracker.log_artifact(saved, "checkpoints")
         # Throughput of the whole fit (training, per-epoch validation, logging): what the benchmark compares.
@@ -226,6 +227,17 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
             _log_outcome(tracker, cfg, parts, results, trainer.global_step, module.first_step_time)
     results["run_id"] = life.run_id
     return results
+
+
+def checkpoint_meta(cfg: DictConfig, parts: Components) -> dict[str, Any]:
+    """What a checkpoint holds beside the weights so that ``init_from=<checkpoint>`` can rebuild the model: the
+    resolved config and, where the task's kind has a served form, the model spec (sizes, text settings)."""
+    from rmlab.serving.export import model_spec
+    from rmlab.serving.io import io_class_for
+
+    io_cls = io_class_for(parts.info)
+    spec = model_spec(cfg, parts, io_cls) if io_cls is not None else None
+    return {"config": OmegaConf.to_container(cfg, resolve=True), "spec": spec}
 
 
 def _module_and_data(cfg: DictConfig, parts: Components):
