@@ -1,0 +1,220 @@
+"""A trained text reward model as the reward of a language model (``reward=reward_model``), loaded by
+``rmlab.run_artifacts`` from a run id or a checkpoint: its scores equal the reward model's own (MLflow's pyfunc
+model of the same run), a sequence run on the known-reward task logs it with the gold reward beside it, and every
+bad ``init_from`` is a one-line start-up error that creates nothing."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from rmlab.build import build_components
+from rmlab.errors import ConfigError
+from rmlab.predict import _store, load
+from rmlab.rewards import RewardModel
+from rmlab.run import train
+from rmlab.run_artifacts import load_run_model
+from rmlab.sequence import TextExample
+from rmlab.tasks.sequence.review_gold import gold_score
+from tests.conftest import PYTHON, cli_env, compose_config
+
+RM = ["task=review_preference", "task.n_pairs=300", "model=text_transformer", "model.width=32", "model.depth=1",
+      "loss=bradley_terry", "reward=preference_accuracy", "trainer.max_epochs=2", "trainer.num_threads=1",
+      "trainer.enable_progress_bar=false"]
+POLICY = ["task=review_writing", "task.n_examples=60", "model=causal_lm", "model.width=32", "model.depth=1",
+          "model.max_length=160", "generation.max_new_tokens=24", "generation.log_samples=64", "trainer.max_epochs=1",
+          "trainer.num_threads=1", "trainer.enable_progress_bar=false"]
+EXAMPLE = TextExample("review of the soup by Anna on Monday: ", "the soup was good", {"thing": "soup"})
+TEXTS = ["the soup was very good", "the soup was awful but the staff was nice", "soup soup soup", " ",
+         "the soup was not green and the pizza was quite tasty " * 6]  # the last is longer than max_length
+
+
+@pytest.fixture(scope="module")
+def reward_run(tmp_path_factory):
+    """A tiny reward model trained on review_preference: (workdir, store URI, run id, local checkpoint path)."""
+    workdir = tmp_path_factory.mktemp("rm")
+    saved_cwd, saved_env = os.getcwd(), {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("MLFLOW_")}
+    os.chdir(workdir)
+    try:
+        results = train(compose_config(*RM))
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.update(saved_env)
+    checkpoint = next(workdir.glob("outputs/**/checkpoints/best.ckpt"))
+    return workdir, f"sqlite:///{workdir / 'mlflow.db'}", results["run_id"], checkpoint
+
+
+@pytest.fixture
+def in_store(reward_run, monkeypatch):
+    """Run in the reward run's folder (its store is the default one there)."""
+    workdir = reward_run[0]
+    monkeypatch.chdir(workdir)
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        monkeypatch.delenv(key)
+    return reward_run
+
+
+def own_scores(store: str, run_id: str, texts: list[str]) -> list[float]:
+    """The reward model's scores as its run's MLflow model gives them (``mlflow.pyfunc``, the served form)."""
+    with _store(store):
+        model = load(f"runs:/{run_id}/model", store)
+    frame = pd.DataFrame({"prompt": [EXAMPLE.prompt] * len(texts), "response": texts})
+    return model.predict(frame)["score"].tolist()
+
+
+@pytest.mark.slow
+def test_reward_model_scores_equal_the_trained_models_own(in_store):
+    _, store, run_id, checkpoint = in_store
+    texts = [t for t in TEXTS if t.strip()]  # the served model refuses blank text; the reward scores it
+    expected = torch.tensor(own_scores(store, run_id, texts), dtype=torch.float32)
+    by_id = RewardModel(init_from=run_id)
+    by_path = RewardModel(init_from=str(checkpoint), batch_size=2)  # several batches
+    for reward in (by_id, by_path):
+        got = reward.score(texts, [EXAMPLE] * len(texts))
+        assert got.dtype == torch.float32 and got.shape == (len(texts),)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        assert not any(p.requires_grad for p in reward.net.parameters()) and not reward.net.training
+    assert by_id.source == f"run {run_id}" and by_path.source == str(checkpoint)
+    assert by_id.score([], []).shape == (0,)
+    # The model reads the prompt: another prompt changes the scores.
+    other = TextExample("review of the pizza by Leo on Friday: ", "x", {"thing": "pizza"})
+    assert not torch.equal(by_id.score(texts, [other] * len(texts)), by_id.score(texts, [EXAMPLE] * len(texts)))
+
+
+@pytest.mark.slow
+def test_loader_reads_the_run_config_from_either_source(in_store):
+    _, store, run_id, checkpoint = in_store
+    by_id, by_path = load_run_model(run_id, store), load_run_model(str(checkpoint))
+    for found in (by_id, by_path):
+        assert found.config["task"]["name"] == "review_preference" and found.config["model"]["width"] == 32
+        assert found.spec["max_length"] == 160 and found.spec["prompt"] is True
+        assert sorted(found.state) == sorted(by_id.state) and all(k.startswith("net.") for k in found.state)
+    for key in by_id.state:
+        assert torch.equal(by_id.state[key], by_path.state[key])
+
+
+@pytest.mark.slow
+def test_sequence_run_scores_generations_with_the_reward_model_and_logs_the_gold_reward(in_store):
+    workdir, store, run_id, _ = in_store
+    results = train(compose_config(*POLICY, "reward=reward_model", f"reward.init_from={run_id}"))
+    client = MlflowClient(store)
+    run = client.get_run(results["run_id"])
+    assert run.info.status == "FINISHED"
+    metrics = run.data.metrics
+    local = Path(client.download_artifacts(run.info.run_id, "samples/test.json", str(workdir)))
+    table = json.loads(local.read_text())
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert table["columns"] == ["prompt", "completion", "reference", "reward", "gold_reward"]
+    assert len(rows) == 6  # every test prompt: log_samples is larger than the split
+    examples = [TextExample(r["prompt"], r["reference"], {"thing": r["prompt"].split(" ")[3]}) for r in rows]
+    completions = [r["completion"] for r in rows]
+    # Recomputed independently: a fresh reward model on the logged completions, and the gold function.
+    rescored = RewardModel(init_from=run_id).score(completions, examples)
+    torch.testing.assert_close(torch.tensor([r["reward"] for r in rows]), rescored, rtol=1e-5, atol=1e-5)
+    gold = [gold_score(e.meta["thing"], c) for e, c in zip(examples, completions)]
+    assert [r["gold_reward"] for r in rows] == pytest.approx(gold)
+    assert metrics["test/reward"] == pytest.approx(rescored.mean().item(), abs=1e-5)
+    assert metrics["test/reward_model"] == metrics["test/reward"]
+    assert metrics["test/gold_reward"] == pytest.approx(sum(gold) / len(gold))
+    assert "val/gold_reward" in metrics
+
+
+@pytest.mark.slow
+def test_combined_reward_logs_each_term_and_their_weighted_sum(in_store):
+    _, store, run_id, _ = in_store
+    terms = (f"reward.terms=[{{name: reward_model, weight: 1.0, init_from: {run_id}}}, "
+             "{name: neg_length, weight: 0.01}, {name: format, weight: 0.5, label: starts_right, pattern: 'the .*'}]")
+    results = train(compose_config(*POLICY, "reward=combined", terms))
+    metrics = MlflowClient(store).get_run(results["run_id"]).data.metrics
+    for split in ("val", "test"):
+        total = (metrics[f"{split}/reward_model"] + 0.01 * metrics[f"{split}/neg_length"]
+                 + 0.5 * metrics[f"{split}/starts_right"])
+        assert metrics[f"{split}/reward"] == pytest.approx(total, abs=1e-5)
+        assert metrics[f"{split}/combined"] == metrics[f"{split}/reward"]
+        assert f"{split}/gold_reward" in metrics
+
+
+# --- errors: one line, before anything is created ------------------------------------------------------------------
+
+
+def test_bad_init_from_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cases = [
+        ("0123456789abcdef0123456789abcdef", r"reward.init_from=0123456789abcdef0123456789abcdef: there is no MLflow "
+                                             r"store at sqlite:///.*mlflow.db to find the run in"),
+        ("no/such/best.ckpt", r"reward.init_from=no/such/best.ckpt: no such checkpoint file, and not an MLflow run "
+                              r"id"),
+        ("", r"reward.init_from must be an MLflow run id or a checkpoint path, got ''"),
+        (None, r"reward.init_from is required"),
+    ]
+    for init_from, message in cases:
+        with pytest.raises(ConfigError, match=message) as caught:
+            RewardModel(init_from=init_from)
+        assert "\n" not in str(caught.value)
+    assert not (tmp_path / "mlflow.db").exists()  # looking a run up created no store
+    not_torch = tmp_path / "notes.ckpt"
+    not_torch.write_text("hello")
+    with pytest.raises(ConfigError, match="is not a checkpoint torch can load safely"):
+        RewardModel(init_from=str(not_torch))
+    old = tmp_path / "old.ckpt"
+    torch.save({"state_dict": {}, "epoch": 0}, old)
+    with pytest.raises(ConfigError, match="holds no run config .* give the run's id instead"):
+        RewardModel(init_from=str(old))
+    tabular = tmp_path / "tabular.ckpt"
+    torch.save({"state_dict": {}, "config": {"task": {"name": "synthetic_preference"}},
+                "spec": {"output_kind": "pair", "input_type": "features"}}, tabular)
+    with pytest.raises(ConfigError, match=r"is not a text reward model \(its task=synthetic_preference trains a "
+                                          r"'pair' model on 'features' inputs\)"):
+        RewardModel(init_from=str(tabular))
+    for key, value, message in (("batch_size", 0, "batch_size must be an integer"),
+                                ("device", "tpu", "device must be one of cpu, cuda"),
+                                ("tracking_uri", "", "tracking_uri must be null")):
+        with pytest.raises(ConfigError, match=message):
+            RewardModel(init_from=str(tabular), **{key: value})
+
+
+def test_runs_that_hold_no_reward_model_are_refused(in_store):
+    workdir, store, _, _ = in_store
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("review_preference").experiment_id
+    failed = client.create_run(experiment).info.run_id
+    client.set_terminated(failed, "FAILED")
+    empty = client.create_run(experiment).info.run_id
+    client.set_terminated(empty, "FINISHED")
+    with pytest.raises(ConfigError, match=f"reward.init_from={failed}: the run is FAILED, not FINISHED"):
+        RewardModel(init_from=failed)
+    with pytest.raises(ConfigError, match=f"reward.init_from={empty}: the run stored no weights"):
+        RewardModel(init_from=empty)
+    with pytest.raises(ConfigError, match="no such run in the MLflow store"):
+        RewardModel(init_from="f" * 32)
+
+
+def test_a_language_model_run_is_not_a_reward_model(in_store):
+    workdir = in_store[0]
+    checkpoint = workdir / "lm.ckpt"
+    torch.save({"state_dict": {}, "config": {"task": {"name": "reverse", "_target_": "rmlab.tasks.sequence.Reverse"}},
+                "spec": None}, checkpoint)
+    cfg = compose_config(*POLICY, "reward=reward_model", f"reward.init_from={checkpoint}")
+    with pytest.raises(ConfigError, match=r"is not a text reward model \(its task=reverse trains a "
+                                          r"'rmlab.tasks.sequence.Reverse' model"):
+        build_components(cfg)
+
+
+@pytest.mark.slow
+def test_command_line_exits_2_with_one_line_and_creates_no_run(in_store):
+    workdir, store, _, _ = in_store
+    client = MlflowClient(store)
+    before = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+    done = subprocess.run([PYTHON, "-m", "rmlab", *POLICY, "reward=reward_model", f"reward.init_from={'e' * 32}"],
+                          cwd=workdir, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"reward.init_from={'e' * 32}: no such run in the MLflow store" in lines[0], lines
+    assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == before
+    assert not (workdir / "outputs" / "review_writing").exists()
