@@ -24,11 +24,12 @@ class ReviewWriting(GeneratedTask):
 
     default_name = "review_writing"
 
-    def __init__(self, *, max_clauses: int = 2, negation: float = 0.2, **common: Any) -> None:
+    def __init__(self, *, max_clauses: int = 2, negation: float = 0.2, n_examples: int = 1000,
+                 **common: Any) -> None:
         check_int_in("max_clauses", max_clauses, 1, MAX_CLAUSES)
         check_real("negation", negation, 0, 1, high_open=False)
         self.max_clauses, self.negation = max_clauses, negation
-        super().__init__(**common)
+        super().__init__(n_examples=n_examples, **common)
 
     def _sample(self, rng: np.random.Generator) -> TextExample:
         prompt, thing = sample_prompt(rng)
