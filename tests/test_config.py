@@ -41,17 +41,33 @@ TEXT_REWARDS = {"exact_match", "token_f1", "bleu", "chrf", "rouge_l", "neg_edit_
 TEXT_REWARD_TASK = {"verifier": "addition", "label_accuracy": "text_classification", "gold": "review_writing"}
 
 
-def text_reward_overrides(option, tmp_path):
+def text_reward_values(option, tmp_path):
     """The values a text reward needs besides its defaults (a pattern, terms, a reward model)."""
     if option == "format":
-        return ["reward.pattern='[a-z]+'"]
+        return {"pattern": "[a-z]+"}
     if option == "combined":
-        return ["reward.terms=[{name: exact_match, weight: 1.0}, {name: neg_length, weight: 0.01}]"]
+        return {"terms": [{"name": "exact_match", "weight": 1.0}, {"name": "neg_length", "weight": 0.01}]}
     if option == "reward_model":
         from tests.lm_fixtures import reward_model_checkpoint
 
-        return [f"reward.init_from={reward_model_checkpoint(tmp_path / 'rm.ckpt')}"]
-    return []
+        return {"init_from": str(reward_model_checkpoint(tmp_path / "rm.ckpt"))}
+    return {}
+
+
+def text_reward_overrides(option, tmp_path):
+    """``text_reward_values`` as command-line overrides."""
+    import json
+
+    def value(v):  # Hydra's override grammar: quoted strings, flow-style lists and mappings
+        if isinstance(v, str):
+            return json.dumps(v).replace('"', "'")
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k}: {value(x)}" for k, x in v.items()) + "}"
+        return repr(v)
+
+    return [f"reward.{key}={value(v)}" for key, v in text_reward_values(option, tmp_path).items()]
 
 
 def options(group):
