@@ -66,7 +66,10 @@ def test_combined_is_the_weighted_sum_and_keeps_each_term():
     ([{"name": "neg_length", "weight": 1, "label": "combined"}], "may not be the combined reward's own name"),
     ([{"name": "exact_match", "weight": 1, "normalise": "none"}],
      r"reward.terms\[0\]: reward 'exact_match' has no option normalise; its options are: normalize"),
-    ([{"name": "exact_match", "weight": 1, "normalize": "upper"}], r"normalize must be one of none, strip, squad"),
+    ([{"name": "exact_match", "weight": 1, "normalize": "upper"}],
+     r"reward.terms\[0\]: reward 'exact_match': normalize must be one of none, strip, squad"),
+    ([{"name": "neg_length", "weight": 1}, {"name": "reward_model", "weight": 1, "init_from": "nope.ckpt"}],
+     r"reward.terms\[1\]: reward.init_from=nope.ckpt: no such checkpoint file"),
     ([{"name": "format", "weight": 1}], r"reward.terms\[0\]: reward 'format' needs pattern: give it in the term"),
     ([{"name": "reward_model", "weight": 1}], r"reward.terms\[0\]: reward 'reward_model' needs init_from"),
 ])

@@ -93,7 +93,10 @@ class CombinedReward(TextReward):
         if missing:
             raise ConfigError(f"{where}: reward {option!r} needs {', '.join(missing)}: give it in the term "
                               f"({{name: {option}, weight: ..., {missing[0]}: ...}})")
-        return instantiate("reward", node), float(weight), label
+        try:
+            return instantiate("reward", node), float(weight), label
+        except ConfigError as err:  # say which term: two terms may be of the same reward
+            raise type(err)(f"{where}: {err}") from None
 
     @property
     def term_names(self) -> tuple[str, ...]:

@@ -33,7 +33,7 @@ class RewardModel(TextReward):
     def __init__(self, init_from: Any = None, tracking_uri: str | None = None, batch_size: int = 64,
                  device: str = "cpu", name: str | None = None) -> None:
         super().__init__(name)
-        what = f"{self.name}.init_from" if name and name != self.default_name else "reward.init_from"
+        what = "reward.init_from"
         if init_from is None:
             raise ConfigError(f"{what} is required: the MLflow run id (or checkpoint path) of a text reward model, "
                               "trained e.g. with task=review_preference model=text_transformer loss=bradley_terry")
