@@ -1,6 +1,7 @@
 """``combined``: a weighted sum of text rewards, each term also logged on its own.
 
-    reward=combined 'reward.terms=[{name: reward_model, weight: 1.0, init_from: <run id>}, {name: neg_length, weight: 0.01}]'
+    reward=combined 'reward.terms=[{name: reward_model, weight: 1.0, init_from: <run id>},
+                                   {name: neg_length, weight: 0.01}]'
 
 Each term is a mapping: ``name`` (a reward of ``conf/reward/`` that scores generated text), ``weight`` (a finite
 number, not 0), optionally ``label`` (its metric name; default its ``name``; needed when two terms share a reward),

@@ -19,9 +19,9 @@ import torch
 from rmlab import kinds
 from rmlab.errors import ConfigError
 from rmlab.tasks.base import check_int, check_real
-from rmlab.tasks.preference import PairTask, Pairs
-from rmlab.tasks.sequence.review_gold import MAX_CLAUSES, gold_score, sample_prompt, sample_review
+from rmlab.tasks.preference import Pairs, PairTask
 from rmlab.tasks.sequence.generated import check_int_in
+from rmlab.tasks.sequence.review_gold import MAX_CLAUSES, gold_score, sample_prompt, sample_review
 from rmlab.tokenizer import MIN_LENGTH, batch_encode, encode_pair_item
 
 _REDRAWS = 100  # attempts at a second review that differs from the first (the space is large: one or two suffice)

@@ -15,8 +15,8 @@ import numpy as np
 
 from rmlab.sequence import TextExample
 from rmlab.tasks.base import check_real
-from rmlab.tasks.sequence.review_gold import MAX_CLAUSES, PROMPTS, gold_score, sample_prompt, sample_review
 from rmlab.tasks.sequence.generated import GeneratedTask, check_int_in
+from rmlab.tasks.sequence.review_gold import MAX_CLAUSES, PROMPTS, gold_score, sample_prompt, sample_review
 
 
 class ReviewWriting(GeneratedTask):
