@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from rmlab.build import build_components
+from rmlab.build import build_components, instantiate
 from rmlab.errors import ConfigError
 from rmlab.predict import _store, load
 from rmlab.rewards import RewardModel
@@ -122,6 +122,15 @@ def test_sequence_run_scores_generations_with_the_reward_model_and_logs_the_gold
     assert metrics["test/reward_model"] == metrics["test/reward"]
     assert metrics["test/gold_reward"] == pytest.approx(sum(gold) / len(gold))
     assert "val/gold_reward" in metrics
+    # The language model's own checkpoint loads through the same loader (init_from of a policy), and is refused as
+    # a reward model.
+    checkpoint = max(workdir.glob("outputs/**/checkpoints/best.ckpt"), key=lambda p: p.stat().st_mtime)
+    found = load_run_model(str(checkpoint))
+    assert found.spec is None and found.config["task"]["name"] == "review_writing"
+    lm = instantiate("model", found.config["model"])
+    lm.load_state_dict(found.state)  # strict: every key of the language model, nothing else
+    with pytest.raises(ConfigError, match=r"is not a text reward model \(its task=review_writing"):
+        RewardModel(init_from=str(checkpoint))
 
 
 @pytest.mark.slow
