@@ -77,7 +77,7 @@ def test_splits_are_grouped_by_prompt_and_carry_the_gold_scores():
     assert task.info.output_kind == "pair" and task.info.input_type == "tokens" and task.info.true_reward
     prompts = {}
     for name, split in splits.items():
-        assert split.x.shape[1:] == (2, 160) and split.x.dtype == torch.int64
+        assert split.x.shape[1:] == (2, 128) and split.x.dtype == torch.int64
         texts = [decode(item).split(": ", 1) for item in split.x[:, 0]]
         prompts[name] = {t[0] for t in texts}
         for (prompt, review), y in zip(texts[:20], split.y[:20, 0].tolist()):

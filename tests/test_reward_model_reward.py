@@ -92,7 +92,7 @@ def test_loader_reads_the_run_config_from_either_source(in_store):
     by_id, by_path = load_run_model(run_id, store), load_run_model(str(checkpoint))
     for found in (by_id, by_path):
         assert found.config["task"]["name"] == "review_preference" and found.config["model"]["width"] == 32
-        assert found.spec["max_length"] == 160 and found.spec["prompt"] is True
+        assert found.spec["max_length"] == 128 and found.spec["prompt"] is True
         assert sorted(found.state) == sorted(by_id.state) and all(k.startswith("net.") for k in found.state)
     for key in by_id.state:
         assert torch.equal(by_id.state[key], by_path.state[key])

@@ -37,7 +37,7 @@ class ReviewPreference(PairTask):
     prompt_column: ClassVar[str] = "prompt"
 
     def __init__(self, *, n_pairs: int = 4000, max_clauses: int = 2, negation: float = 0.2, temperature: float = 0.5,
-                 data_seed: int = 0, max_length: int = 160, pair_flip: float = 0.0, **common: Any) -> None:
+                 data_seed: int = 0, max_length: int = 128, pair_flip: float = 0.0, **common: Any) -> None:
         check_int("n_pairs", n_pairs, 1)
         check_int_in("max_clauses", max_clauses, 1, MAX_CLAUSES)
         check_real("negation", negation, 0, 1, high_open=False)
