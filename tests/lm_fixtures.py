@@ -47,7 +47,7 @@ class TinyExactMatch(Reward):
         return MeanMetric()
 
 
-def reward_model_checkpoint(path, width: int = 16, max_length: int = 160, seed: int = 0):
+def reward_model_checkpoint(path, width: int = 16, max_length: int = 160, seed: int = 0, prompt: bool = True):
     """A text reward model with random weights saved as a run's checkpoint is (the module's ``model.net.*`` weights
     beside the run config and model spec): what ``reward=reward_model reward.init_from=<path>`` loads, without a
     training run."""
@@ -61,7 +61,7 @@ def reward_model_checkpoint(path, width: int = 16, max_length: int = 160, seed: 
     head = KindHead(net, "pair")
     spec = {"format": 1, "io": "rmlab.serving.io:TextScorer", "network": network, "input_dim": max_length,
             "output_dim": 1, "output_kind": "pair", "input_type": "tokens", "task": "review_preference",
-            "max_length": max_length, "prompt": True}
+            "max_length": max_length, "prompt": prompt}
     torch.save({"config": {"task": {"name": "review_preference"}, "model": network}, "spec": spec,
                 "state_dict": {f"model.{k}": v for k, v in head.state_dict().items()}, "epoch": 0}, path)
     return path

@@ -72,7 +72,7 @@ def test_pairs_follow_bradley_terry_of_the_gold_scores():
 
 
 def test_splits_are_grouped_by_prompt_and_carry_the_gold_scores():
-    task = ReviewPreference(n_pairs=600, split_seed=1)
+    task = ReviewPreference(n_pairs=600, split_seed=1, with_prompt=True)
     splits = task.load()
     assert task.info.output_kind == "pair" and task.info.input_type == "tokens" and task.info.true_reward
     prompts = {}
@@ -130,3 +130,13 @@ def test_gold_reward_scores_with_the_task_and_is_refused_elsewhere():
     with pytest.raises(IncompatibleError, match=r"reward=gold does not work on task=addition: it needs a task with a "
                                                 r"hidden true reward"):
         GoldReward().check_task(Addition(n_examples=10).info)
+
+
+def test_items_leave_the_prompt_out_by_default():
+    with_prompt = ReviewPreference(n_pairs=200, with_prompt=True).load()
+    without = ReviewPreference(n_pairs=200).load()
+    for name in ("train", "val", "test"):
+        assert torch.equal(with_prompt[name].y, without[name].y)  # the same pairs in the same splits
+        for full, bare in zip(with_prompt[name].x[:20, 0], without[name].x[:20, 0]):
+            assert decode(full).endswith(decode(bare)) and decode(bare).startswith("the ")
+            assert decode(full).startswith("review of the ")

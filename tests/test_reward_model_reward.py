@@ -15,13 +15,16 @@ from mlflow.tracking import MlflowClient
 
 from rmlab.build import build_components, instantiate
 from rmlab.errors import ConfigError
+from rmlab.models import KindHead
 from rmlab.predict import _store, load
 from rmlab.rewards import RewardModel
 from rmlab.run import train
 from rmlab.run_artifacts import load_run_model
 from rmlab.sequence import TextExample
 from rmlab.tasks.sequence.review_gold import gold_score
+from rmlab.tokenizer import batch_encode
 from tests.conftest import PYTHON, cli_env, compose_config
+from tests.lm_fixtures import reward_model_checkpoint
 
 RM = ["task=review_preference", "task.n_pairs=300", "model=text_transformer", "model.width=32", "model.depth=1",
       "loss=bradley_terry", "reward=preference_accuracy", "trainer.max_epochs=2", "trainer.num_threads=1",
@@ -63,7 +66,7 @@ def own_scores(store: str, run_id: str, texts: list[str]) -> list[float]:
     """The reward model's scores as its run's MLflow model gives them (``mlflow.pyfunc``, the served form)."""
     with _store(store):
         model = load(f"runs:/{run_id}/model", store)
-    frame = pd.DataFrame({"prompt": [EXAMPLE.prompt] * len(texts), "response": texts})
+    frame = pd.DataFrame({"response": texts})  # trained without prompts (review_preference's default)
     return model.predict(frame)["score"].tolist()
 
 
@@ -81,9 +84,28 @@ def test_reward_model_scores_equal_the_trained_models_own(in_store):
         assert not any(p.requires_grad for p in reward.net.parameters()) and not reward.net.training
     assert by_id.source == f"run {run_id}" and by_path.source == str(checkpoint)
     assert by_id.score([], []).shape == (0,)
-    # The model reads the prompt: another prompt changes the scores.
+    # Trained without prompts, the model does not read them: another prompt gives the same scores.
     other = TextExample("review of the pizza by Leo on Friday: ", "x", {"thing": "pizza"})
-    assert not torch.equal(by_id.score(texts, [other] * len(texts)), by_id.score(texts, [EXAMPLE] * len(texts)))
+    torch.testing.assert_close(by_id.score(texts, [other] * len(texts)), by_id.score(texts, [EXAMPLE] * len(texts)))
+
+
+@pytest.mark.parametrize("prompt", [True, False])
+def test_completions_are_encoded_as_the_reward_model_read_items_in_training(prompt, tmp_path):
+    checkpoint = reward_model_checkpoint(tmp_path / "rm.ckpt", max_length=48, prompt=prompt)
+    reward = RewardModel(init_from=str(checkpoint), batch_size=3)
+    examples = [EXAMPLE, TextExample("review of the pizza by Leo on Friday: ", "x", {"thing": "pizza"})] * 3
+    texts = TEXTS + ["the pizza was good"]
+    found = load_run_model(str(checkpoint))
+    head = KindHead(instantiate("model", found.spec["network"], input_dim=48, output_dim=1), "pair")
+    head.load_state_dict(found.state)
+    head.eval()
+    ids = batch_encode(texts, 48, [e.prompt for e in examples] if prompt else None)  # the pair tasks' encoding
+    with torch.no_grad():
+        expected = head.net(ids).squeeze(-1)
+    torch.testing.assert_close(reward.score(texts, examples), expected)
+    swapped = reward.score(texts, examples[1:] + examples[:1])
+    # The prompt matters exactly when the model was trained with it.
+    assert torch.allclose(swapped, expected, rtol=1e-5, atol=1e-6) != prompt
 
 
 @pytest.mark.slow
@@ -92,7 +114,7 @@ def test_loader_reads_the_run_config_from_either_source(in_store):
     by_id, by_path = load_run_model(run_id, store), load_run_model(str(checkpoint))
     for found in (by_id, by_path):
         assert found.config["task"]["name"] == "review_preference" and found.config["model"]["width"] == 32
-        assert found.spec["max_length"] == 128 and found.spec["prompt"] is True
+        assert found.spec["max_length"] == 128 and found.spec["prompt"] is False
         assert sorted(found.state) == sorted(by_id.state) and all(k.startswith("net.") for k in found.state)
     for key in by_id.state:
         assert torch.equal(by_id.state[key], by_path.state[key])

@@ -3,8 +3,15 @@
 The pair view of the known-reward family (``rmlab.tasks.sequence.review_gold``): each pair is a prompt and two
 different reviews of its thing drawn from the family's generator; the first is chosen with probability
 ``sigmoid((gold(a) - gold(b)) / temperature)``. Items are text, encoded as a preference file's are
-(``[BOS] prompt [SEP] review [EOS]`` in byte tokens, padded to ``max_length``), so ``model=text_transformer`` trains a
-reward model on them, and ``y`` holds each item's gold reward (``true_reward_spearman`` works). Splits are grouped by
+(``[BOS] review [EOS]``, or ``[BOS] prompt [SEP] review [EOS]`` with ``with_prompt``, in byte tokens, padded to
+``max_length``), so ``model=text_transformer`` trains a reward model on them, and ``y`` holds each item's gold reward
+(``true_reward_spearman`` works).
+
+Without the prompt by default: every review of the data is about its prompt's thing, so the labels never depend on
+the prompt, and its bytes (names, days) only dilute what a small byte-level model must learn (measured: a
+Spearman of 0.53 with the gold reward after 300 steps without, 0.23 with). A reward model trained so cannot see
+whether a review is about the right thing: a blind spot of the proxy that the gold reward of ``review_writing``
+catches. Splits are grouped by
 prompt, so no test prompt (nor any of its reviews' pairs) was trained on; ``pair_flip`` adds label noise to train
 (and val) pairs as on the other preference tasks.
 """
@@ -18,7 +25,7 @@ import torch
 
 from rmlab import kinds
 from rmlab.errors import ConfigError
-from rmlab.tasks.base import check_int, check_real
+from rmlab.tasks.base import check_bool, check_int, check_real
 from rmlab.tasks.preference import Pairs, PairTask
 from rmlab.tasks.sequence.generated import check_int_in
 from rmlab.tasks.sequence.review_gold import MAX_CLAUSES, gold_score, sample_prompt, sample_review
@@ -33,17 +40,20 @@ class ReviewPreference(PairTask):
     default_name = "review_preference"
     input_type: ClassVar[str] = kinds.TOKENS
     true_reward: ClassVar[bool] = True
-    # Items are encoded with their prompt, as a preference file's with a prompt column (what a served model reads).
-    prompt_column: ClassVar[str] = "prompt"
 
     def __init__(self, *, n_pairs: int = 4000, max_clauses: int = 2, negation: float = 0.2, temperature: float = 0.5,
-                 data_seed: int = 0, max_length: int = 128, pair_flip: float = 0.0, **common: Any) -> None:
+                 data_seed: int = 0, max_length: int = 128, with_prompt: bool = False, pair_flip: float = 0.0,
+                 **common: Any) -> None:
         check_int("n_pairs", n_pairs, 1)
         check_int_in("max_clauses", max_clauses, 1, MAX_CLAUSES)
         check_real("negation", negation, 0, 1, high_open=False)
         check_real("temperature", temperature, 0, low_open=True)
         check_int("data_seed", data_seed, 0)
         check_int("max_length", max_length, MIN_LENGTH)
+        check_bool("with_prompt", with_prompt)
+        # As a preference file's prompt column: whether items are encoded with their prompt (what a served model and
+        # reward=reward_model read).
+        self.prompt_column = "prompt" if with_prompt else None
         self.n_pairs, self.max_clauses, self.negation = n_pairs, max_clauses, negation
         self.temperature, self.data_seed, self.max_length = temperature, data_seed, max_length
         super().__init__(pair_flip=pair_flip, **common)
@@ -77,11 +87,12 @@ class ReviewPreference(PairTask):
 
     def _pairs(self, rng: np.random.Generator) -> tuple[Pairs, np.ndarray | None]:
         prompts, pairs, gold = self.draw()
-        longest = max(len(encode_pair_item(p, max(pair, key=len), 10**6)) for p, pair in zip(prompts, pairs))
+        shown = prompts if self.prompt_column else [None] * len(prompts)
+        longest = max(len(encode_pair_item(p, max(pair, key=len), 10**6)) for p, pair in zip(shown, pairs))
         if longest > self.max_length:  # truncation would cut a review the gold reward scores whole
             raise ConfigError(f"task.max_length={self.max_length} is too short: the longest prompt + review takes "
                               f"{longest} tokens; set task.max_length={longest} or more, or lower task.max_clauses")
-        x = torch.stack([batch_encode([pair[k] for pair in pairs], self.max_length, prompts) for k in (0, 1)],
-                        dim=1).numpy()
+        x = torch.stack([batch_encode([pair[k] for pair in pairs], self.max_length,
+                                      prompts if self.prompt_column else None) for k in (0, 1)], dim=1).numpy()
         idx = self._split_by_group(prompts, rng, "prompt")
         return {k: (x[i], gold[i]) for k, i in idx.items()}, None
