@@ -8,12 +8,10 @@ different reviews of its thing drawn from the family's generator; the first is c
 (``true_reward_spearman`` works).
 
 Without the prompt by default: every review of the data is about its prompt's thing, so the labels never depend on
-the prompt, and its bytes (names, days) only dilute what a small byte-level model must learn (measured: a
-Spearman of 0.53 with the gold reward after 300 steps without, 0.23 with). A reward model trained so cannot see
-whether a review is about the right thing: a blind spot of the proxy that the gold reward of ``review_writing``
-catches. Splits are grouped by
-prompt, so no test prompt (nor any of its reviews' pairs) was trained on; ``pair_flip`` adds label noise to train
-(and val) pairs as on the other preference tasks.
+the prompt, and its bytes (names, days) only dilute what a small byte-level model must learn (measured: a Spearman
+of 0.53 with the gold reward after 300 steps on one-clause reviews without negation, 0.23 with the prompt). A
+reward model trained so cannot see whether a review is about the right thing: a blind spot of the proxy that the
+gold reward of ``review_writing`` catches.
 """
 
 from __future__ import annotations
