@@ -20,7 +20,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from rmlab.errors import ConfigError, IncompatibleError
-from rmlab.kinds import SEQUENCE, TaskInfo
+from rmlab.kinds import SEQUENCE, SEQUENCE_PAIR, TaskInfo
 from rmlab.rewards.base import Reward
 from rmlab.sequence import TextExample
 
@@ -70,7 +70,8 @@ class TextReward(Reward):
     example (a task's verifier) or scores a batch at once.
     """
 
-    accepts: ClassVar[tuple[str, ...]] = (SEQUENCE,)
+    # On preference pairs of completions (sequence_pair) the generations are scored against the chosen completion.
+    accepts: ClassVar[tuple[str, ...]] = (SEQUENCE, SEQUENCE_PAIR)
     has_per_sample: ClassVar[bool] = True
     default_name: ClassVar[str] = "text_reward"  # its config's name, used when built without one
 
