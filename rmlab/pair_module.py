@@ -28,12 +28,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rmlab.data import limited_batches
 from rmlab.generation import decode, generate
 from rmlab.losses.preference_lm import PairLogps, pair_logps
 from rmlab.module import SPLITS
 from rmlab.sequence_module import SequenceDataModule, SequenceModule
 from rmlab.sequence_pairs import PairChunk, PairEvalBatches, PairTrainBatches, TokenizedPairs, as_rows
-from rmlab.data import limited_batches
 
 IMPLICIT_TERMS = ("implicit_accuracy", "implicit_margin")
 

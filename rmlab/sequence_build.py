@@ -1,5 +1,6 @@
 """Start-up of a sequence task's run: the language model, the generation settings, and the task's examples
-tokenised with the model's tokenizer, all checked before anything is tracked (called by ``rmlab.build``).
+tokenised with the model's tokenizer, all checked before anything is tracked (called by ``rmlab.build``). A task of
+preference pairs (``sequence_pair``) goes the same way, its pairs tokenised by ``rmlab.sequence_pairs``.
 
 The task, loss and reward are already built and checked against the ``sequence`` kind there; this adds what only
 sequence tasks need. Reward feedback is refused: the policy-optimisation step (``rmlab.policy``) is not wired into

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from rmlab.build import accepted_parameters, build_components, instantiate
+from rmlab.build import accepted_parameters, build_components
 from rmlab.errors import ConfigError, DataError, IncompatibleError
 from rmlab.generation_config import GenerationConfig
 from rmlab.kinds import SEQUENCE_PAIR, TEXT
 from rmlab.language_models import CausalLM
-from rmlab.losses import DPO, SimPO
+from rmlab.losses import DPO
 from rmlab.pair_module import PreferenceModule
 from rmlab.rewards import ExactMatch
 from rmlab.run import train
@@ -198,7 +198,8 @@ def test_a_bad_file_on_the_command_line_exits_2_in_one_line(tmp_path):
      r"task=reverse_preference: bleu, chrf, exact_match"),
     ([*TINY, "loss=dpo", "feedback=grpo"], r"feedback=grpo does not work on task=reverse_preference: .* Choices of "
                                            r"feedback that work on task=reverse_preference: none"),
-    ([*(o for o in TINY if not o.startswith("model")), "loss=dpo", "model=mlp"], r"Choices of model that work on task=reverse_preference: causal_lm"),
+    ([*(o for o in TINY if not o.startswith("model")), "loss=dpo", "model=mlp"],
+     r"Choices of model that work on task=reverse_preference: causal_lm"),
 ])
 def test_incompatible_combinations_fail_at_start_up_with_choices(overrides, message):
     with pytest.raises(IncompatibleError, match=message):
@@ -359,7 +360,7 @@ def test_short_dpo_run_caches_the_reference_once_and_raises_implicit_accuracy(wo
 @pytest.mark.slow
 @pytest.mark.parametrize("loss", ["simpo", "orpo", "dpo loss.loss_type=ipo"])
 def test_reference_free_and_other_losses_train_through_the_run(workdir, loss, monkeypatch):
-    calls, phase = count_forwards(monkeypatch)
+    _, phase = count_forwards(monkeypatch)
     name, *extra = loss.split()
     cfg = compose_config(*TINY, f"loss={name}", *extra, "trainer.max_epochs=2", "logger=none", "task.batch_size=16")
     results = train(cfg)
@@ -386,6 +387,7 @@ def test_val_and_test_are_scored_by_generating_and_checking_the_answer(workdir):
     assert results["test/reward"] == results["test/verifier"]
 
 
+@pytest.mark.slow  # builds the default 2000-pair tasks, tokenised with the default model
 def test_readme_commands_compose_and_build(tmp_path, monkeypatch):
     """The README's preference-optimisation commands (run for real in the slow tests above) build as written."""
     monkeypatch.chdir(tmp_path)
@@ -397,3 +399,29 @@ def test_readme_commands_compose_and_build(tmp_path, monkeypatch):
     for overrides in commands:
         parts = build_components(compose_config(*overrides))
         assert parts.info.output_kind == SEQUENCE_PAIR
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["reverse_preference", "preference_completion_file"])
+def test_every_reward_on_a_pair_task_trains_or_is_refused_naming_the_choices(task, workdir):
+    from tests.test_config import options, sequence_task_overrides
+
+    base = [f"task={task}", *sequence_task_overrides(task, workdir), *TINY[3:8], "loss=dpo", "logger=none",
+            "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false",
+            "trainer.num_threads=1", "generation.max_new_tokens=4", "generation.log_samples=0"]
+    trained, refused = [], []
+    for reward in options("reward"):
+        cfg = compose_config(*base, f"reward={reward}")
+        try:
+            build_components(cfg)
+        except IncompatibleError as err:
+            assert f"reward={reward} does not work on task={cfg.task.name}" in str(err), str(err)
+            refused.append(reward)
+            continue
+        results = train(cfg)
+        for name in ("test/loss", "test/reward", "test/implicit_accuracy", "val/selected_reward"):
+            assert math.isfinite(results[name]), f"{reward}: {name}"
+        trained.append(reward)
+    assert {"exact_match", "token_f1", "bleu", "chrf", "rouge_l", "neg_edit_distance"} <= set(trained)
+    assert ("verifier" in trained) == (task == "reverse_preference")
+    assert {"accuracy", "neg_mse", "preference_accuracy", "label_accuracy"} <= set(refused)

@@ -1,4 +1,5 @@
-"""Text rewards (output kind ``sequence``): scores of generated completions against the reference completion.
+"""Text rewards (output kind ``sequence``, and ``sequence_pair`` where the reference is the chosen completion): scores
+of generated completions against the reference completion.
 
 A text reward is ``score(completions, examples) -> float32 (B,)``, one score per completion against its example's
 ``completion`` (the reference of its split), higher is better; ``per_sample`` is the same function, and the aggregate
