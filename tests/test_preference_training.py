@@ -178,6 +178,45 @@ def test_a_bad_file_on_the_command_line_exits_2_in_one_line(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+# --- the data path -------------------------------------------------------------------------------------------------
+
+
+def test_pairs_tokenise_to_chosen_then_rejected_rows_and_batches_cover_every_pair_once():
+    from rmlab.sequence import IGNORE_INDEX
+    from rmlab.sequence_pairs import PairTrainBatches, as_rows
+    from rmlab.tokenizer import ByteTokenizer
+
+    tokenizer = ByteTokenizer()
+    pairs = [PairExample(f"p{i}=", "c" * (i % 3 + 1), "r" * (i % 5 + 1)) for i in range(23)]
+    split = tokenize_pairs(pairs, tokenizer, 16, "train", "tiny")
+    for i, p in enumerate(pairs):
+        for side, text in ((0, p.chosen), (1, p.rejected)):
+            prompt = [tokenizer.bos_id, *tokenizer.encode(p.prompt)]
+            row = prompt + tokenizer.encode(text) + [tokenizer.eos_id]
+            assert split.ids[i, side, :len(row)].tolist() == row
+            assert (split.ids[i, side, len(row):] == tokenizer.pad_id).all()
+            labels = split.labels[i, side]
+            assert labels[len(prompt) - 1:len(row) - 1].tolist() == row[len(prompt):]
+            assert (labels[:len(prompt) - 1] == IGNORE_INDEX).all() and (labels[len(row) - 1:] == IGNORE_INDEX).all()
+    assert split.tokens == sum(2 * (len(p.prompt) + 2) + len(p.chosen) + len(p.rejected) for p in pairs)  # both rows
+    batch = split.ids[:2]
+    assert torch.equal(as_rows(batch), torch.cat([batch[:, 0], batch[:, 1]]))
+    seen = []
+    for epoch in range(2):
+        batches = PairTrainBatches(split, batch_size=4, seed=0, steps_per_chunk=2)
+        order = []
+        for chunk in batches:
+            assert chunk.ids.shape[0] == chunk.index.shape[0] <= 8 and len(chunk.widths) == -(-len(chunk.index) // 4)
+            width = chunk.ids.shape[2]
+            assert torch.equal(chunk.ids, split.ids[chunk.index, :, :width])
+            assert torch.equal(chunk.labels, split.labels[chunk.index, :, :width])
+            assert (split.ids[chunk.index, :, width:] == tokenizer.pad_id).all()  # nothing real cut off
+            order += chunk.index.tolist()
+        assert sorted(order) == list(range(23))
+        seen.append(order)
+    assert seen[0] != list(range(23))  # shuffled
+
+
 # --- incompatible combinations ------------------------------------------------------------------------------------
 
 
