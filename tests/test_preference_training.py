@@ -426,7 +426,6 @@ def test_val_and_test_are_scored_by_generating_and_checking_the_answer(workdir):
     assert results["test/reward"] == results["test/verifier"]
 
 
-@pytest.mark.slow  # builds the default 2000-pair tasks, tokenised with the default model
 def test_readme_commands_compose_and_build(tmp_path, monkeypatch):
     """The README's preference-optimisation commands (run for real in the slow tests above) build as written."""
     monkeypatch.chdir(tmp_path)
