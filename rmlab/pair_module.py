@@ -9,7 +9,8 @@ gradient accumulation, clipping, precision, NaN check and logging); what differs
   **reference policy's**: the model's own weights when training starts (its initial weights, or those it was
   started from). The reference log-probs of every pair of every split are computed **once**, in one no-grad pass in
   eval mode before the first epoch (``cache_reference``), and looked up by pair index at each step; a
-  reference-free loss (``simpo``, ``orpo``) computes none;
+  reference-free loss (``simpo``, ``orpo``) computes none. The cache is saved in Lightning checkpoints, so a run
+  resumed from one keeps its original reference;
 - every split logs ``{split}/loss`` and the loss's implicit reward model's ``{split}/implicit_accuracy`` (share of
   pairs whose chosen completion scores above the rejected one) and ``{split}/implicit_margin`` (mean chosen minus
   rejected score; DPO: beta x log-ratio, SimPO/ORPO: beta x mean token log-prob), train ones from the training
@@ -36,6 +37,7 @@ from rmlab.sequence_module import SequenceDataModule, SequenceModule
 from rmlab.sequence_pairs import PairChunk, PairEvalBatches, PairTrainBatches, TokenizedPairs, as_rows
 
 IMPLICIT_TERMS = ("implicit_accuracy", "implicit_margin")
+REFERENCE_KEY = "rmlab_reference_logps"  # where a checkpoint keeps the cached reference log-probs
 
 
 def _rows(logps: PairLogps, index: Tensor | slice) -> PairLogps:
@@ -56,9 +58,24 @@ class PreferenceModule(SequenceModule):
     # -- the reference ------------------------------------------------------------------------------------------
     def on_train_start(self) -> None:
         super().on_train_start()
-        if self.needs_reference and not self.reference:
+        if self.reference:  # restored from a checkpoint (a resumed run): the reference of the original start
+            self.reference = {split: PairLogps(*(t.to(self.device) for t in logps))
+                              for split, logps in self.reference.items()}
+        elif self.needs_reference:
             data = self.trainer.datamodule
             self.cache_reference(data.splits, data.eval_batch_size)
+
+    # A resumed run must keep the reference of the run's start, not take the resumed weights as a new one: the cache
+    # travels in Lightning's checkpoint (tensors only, so it loads with weights_only=True).
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.reference:
+            checkpoint[REFERENCE_KEY] = {split: {name: t.detach().cpu() for name, t in logps._asdict().items()}
+                                         for split, logps in self.reference.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(REFERENCE_KEY)
+        if saved:
+            self.reference = {split: PairLogps(**fields) for split, fields in saved.items()}
 
     @torch.no_grad()
     def cache_reference(self, splits: dict[str, TokenizedPairs], batch_size: int) -> None:

@@ -463,3 +463,32 @@ def test_every_reward_on_a_pair_task_trains_or_is_refused_naming_the_choices(tas
     assert {"exact_match", "token_f1", "bleu", "chrf", "rouge_l", "neg_edit_distance"} <= set(trained)
     assert ("verifier" in trained) == (task == "reverse_preference")
     assert {"accuracy", "neg_mse", "preference_accuracy", "label_accuracy"} <= set(refused)
+
+
+def test_a_run_resumed_from_a_lightning_checkpoint_keeps_the_original_reference(tmp_path, monkeypatch):
+    import pytorch_lightning as pl
+
+    from rmlab.build import build_components
+    from rmlab.run import _module_and_data, quiet_lightning
+
+    quiet_lightning()
+    cfg = compose_config(*TINY, "loss=dpo", "logger=none", "task.n_examples=60")
+
+    def fit(max_epochs, ckpt_path=None):
+        torch.manual_seed(len(str(ckpt_path)))  # another initial model each time
+        module, data = _module_and_data(cfg, build_components(cfg))
+        trainer = pl.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                             default_root_dir=str(tmp_path))
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+        return module, trainer
+
+    first, trainer = fit(1)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    cached = []
+    monkeypatch.setattr(PreferenceModule, "cache_reference", lambda *a, **k: cached.append(1))
+    resumed, _ = fit(2, tmp_path / "last.ckpt")
+    assert not cached and resumed.current_epoch == 2
+    for split in ("train", "val", "test"):
+        for mine, original in zip(resumed.reference[split], first.reference[split]):
+            assert torch.equal(mine, original)
