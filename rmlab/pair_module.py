@@ -15,9 +15,11 @@ gradient accumulation, clipping, precision, NaN check and logging); what differs
   pairs whose chosen completion scores above the rejected one) and ``{split}/implicit_margin`` (mean chosen minus
   rejected score; DPO: beta x log-ratio, SimPO/ORPO: beta x mean token log-prob), train ones from the training
   steps' own forward passes;
-- val and test also generate a completion for each prompt, scored by the text reward against the chosen completion
-  (``{split}/reward``, which selects the best checkpoint), with ``{split}/perplexity`` of the chosen completions,
-  ``{split}/completion_length`` and the sample table, as on sequence tasks.
+- with a text reward, val and test also generate a completion for each prompt, scored against the chosen completion
+  (``{split}/reward``, which selects the best checkpoint), with ``{split}/completion_length`` and the sample table,
+  as on sequence tasks; with a pair reward (``preference_accuracy``, ``reward_margin``, ``preference_neg_ece``)
+  nothing is generated: the reward reads the implicit rewards of every split's pairs, train included, as it reads a
+  reward model's scores. ``{split}/perplexity`` is that of the chosen completions either way.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from torch import Tensor
 
 from rmlab.data import limited_batches
 from rmlab.generation import decode, generate
+from rmlab.kinds import PAIR
 from rmlab.losses.preference_lm import PairLogps, pair_logps
 from rmlab.module import SPLITS
 from rmlab.sequence_module import SequenceDataModule, SequenceModule
@@ -50,6 +53,9 @@ class PreferenceModule(SequenceModule):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.needs_reference = bool(getattr(self.loss_fn, "needs_reference", False))
+        # A pair reward (preference_accuracy, reward_margin, ...) scores the loss's implicit rewards, on every split
+        # and without generating; a text reward scores generations on val and test.
+        self.scores_pairs = PAIR in getattr(self.reward, "accepts", ())
         # Split -> the reference policy's PairLogps of every pair, in the split's order, on the device.
         self.reference: dict[str, PairLogps] = {}
         self.reference_passes = 0  # forward passes spent on the reference (one per batch of pairs, once)
@@ -120,12 +126,17 @@ class PreferenceModule(SequenceModule):
             losses.append(loss.detach())
             sizes.append(logps.chosen.shape[0])
         self._book_implicit("train", torch.cat(scores))
+        if self.scores_pairs:
+            self._score_pairs("train", torch.cat(scores))
         self._accumulate_chunk(None, index, torch.stack(losses).float(), sizes, steps, first_step)
 
     # -- bookkeeping ---------------------------------------------------------------------------------------------
     def _book_implicit(self, split: str, scores: Tensor) -> None:
         margin = (scores[:, 0] - scores[:, 1]).float()
         self.implicit_sums[SPLITS.index(split)] += torch.stack([(margin > 0).float().sum(), margin.sum()])
+
+    def _score_pairs(self, split: str, scores: Tensor) -> None:
+        self.metrics[SPLITS.index(split)].update(scores, torch.full_like(scores, float("nan")))
 
     def _start_epoch(self, split: str) -> None:
         super()._start_epoch(split)
@@ -137,6 +148,10 @@ class PreferenceModule(SequenceModule):
         count = self.loss_sums[index][1].clamp_min(1)
         values.update({f"{split}/{term}": value / count
                        for term, value in zip(IMPLICIT_TERMS, self.implicit_sums[index])})
+        if self.scores_pairs:
+            values.pop(f"{split}/completion_length", None)  # nothing was generated
+            reward = self.metrics[index].compute()
+            values.update({f"{split}/reward": reward, f"{split}/{self.reward.name}": reward})
         return values
 
     # -- evaluation ----------------------------------------------------------------------------------------------
@@ -162,7 +177,12 @@ class PreferenceModule(SequenceModule):
                 logps = pair_logps(self.model(as_rows(batch.ids)), as_rows(batch.labels))
                 reference = self._reference(split, slice(batch.start, batch.start + size))
                 self._accumulate(split, None, batch.ids, self.loss_fn(logps, reference) * size)
-                self._book_implicit(split, self.loss_fn.implicit_rewards(logps, reference))
+                implicit = self.loss_fn.implicit_rewards(logps, reference)
+                self._book_implicit(split, implicit)
+                if self.scores_pairs:
+                    self._score_pairs(split, implicit)
+                    self.token_sums[index, :2] += torch.stack([-logps.chosen.sum(), logps.chosen_tokens.sum()])
+                    continue
                 out = generate(self.model, batch.prompt_ids, batch.prompt_mask, **self.generation.sampling(),
                                generator=generator)
                 completions = decode(self.tokenizer, out)

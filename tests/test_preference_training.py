@@ -232,9 +232,10 @@ def test_pairs_tokenise_to_chosen_then_rejected_rows_and_batches_cover_every_pai
     ([*TINY, "loss=ipo"], r"Choices of loss that work on task=reverse_preference: dpo, orpo, simpo \(IPO on a "
                           r"language model's preference pairs is loss=dpo loss.loss_type=ipo\)"),
     ([*TINY, "loss=hinge"], r"is loss=dpo loss.loss_type=hinge"),
-    ([*TINY, "loss=dpo", "reward=preference_accuracy"],
-     r"reward=preference_accuracy does not work on task=reverse_preference: .* Choices of reward that work on "
-     r"task=reverse_preference: bleu, chrf, exact_match"),
+    ([*TINY, "loss=dpo", "reward=neg_mse"],
+     r"reward=neg_mse does not work on task=reverse_preference: .* Choices of reward that work on "
+     r"task=reverse_preference: bleu, chrf, exact_match, .*preference_accuracy"),
+    ([*TINY, "loss=dpo", "reward=true_reward_spearman"], r"task=reverse_preference does not \(its targets are NaN\)"),
     ([*TINY, "loss=dpo", "feedback=grpo"], r"feedback=grpo does not work on task=reverse_preference: .* Choices of "
                                            r"feedback that work on task=reverse_preference: none"),
     ([*(o for o in TINY if not o.startswith("model")), "loss=dpo", "model=mlp"],
@@ -453,7 +454,9 @@ def test_every_reward_on_a_pair_task_trains_or_is_refused_naming_the_choices(tas
         try:
             build_components(cfg)
         except IncompatibleError as err:
-            assert f"reward={reward} does not work on task={cfg.task.name}" in str(err), str(err)
+            message = str(err)  # names the reward, the task and what works instead
+            assert f"reward={reward} " in message and f"task={cfg.task.name}" in message, message
+            assert "Choices of reward" in message or "use reward=" in message, message
             refused.append(reward)
             continue
         results = train(cfg)
@@ -461,8 +464,9 @@ def test_every_reward_on_a_pair_task_trains_or_is_refused_naming_the_choices(tas
             assert math.isfinite(results[name]), f"{reward}: {name}"
         trained.append(reward)
     assert {"exact_match", "token_f1", "bleu", "chrf", "rouge_l", "neg_edit_distance"} <= set(trained)
+    assert {"preference_accuracy", "reward_margin", "preference_neg_ece"} <= set(trained)  # on the implicit rewards
     assert ("verifier" in trained) == (task == "reverse_preference")
-    assert {"accuracy", "neg_mse", "preference_accuracy", "label_accuracy"} <= set(refused)
+    assert {"accuracy", "neg_mse", "true_reward_spearman", "label_accuracy"} <= set(refused)
 
 
 def test_a_run_resumed_from_a_lightning_checkpoint_keeps_the_original_reference(tmp_path, monkeypatch):
@@ -492,3 +496,25 @@ def test_a_run_resumed_from_a_lightning_checkpoint_keeps_the_original_reference(
     for split in ("train", "val", "test"):
         for mine, original in zip(resumed.reference[split], first.reference[split]):
             assert torch.equal(mine, original)
+
+
+@pytest.mark.slow
+def test_a_pair_reward_scores_the_implicit_rewards_without_generating(workdir, monkeypatch):
+    import rmlab.pair_module
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("a pair reward needs no generation")
+
+    monkeypatch.setattr(rmlab.pair_module, "generate", no_generation)
+    cfg = compose_config(*TINY, "loss=dpo", "loss.beta=0.5", "reward=preference_accuracy", "trainer.max_epochs=3",
+                         "task.batch_size=16")
+    results = train(cfg)
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    run = client.get_run(results["run_id"])
+    metrics = run.data.metrics
+    for split in ("train", "val", "test"):
+        assert metrics[f"{split}/reward"] == metrics[f"{split}/preference_accuracy"]
+        assert metrics[f"{split}/reward"] == pytest.approx(metrics[f"{split}/implicit_accuracy"])
+        assert f"{split}/completion_length" not in metrics
+    val = [m.value for m in client.get_metric_history(run.info.run_id, "val/reward")]
+    assert results["val/selected_reward"] == max(val) and max(val) > 0.5  # it selects the checkpoint
