@@ -20,7 +20,7 @@ from rmlab.errors import ConfigError, DataError, IncompatibleError
 from rmlab.generation_config import GenerationConfig
 from rmlab.kinds import SEQUENCE_PAIR, TEXT
 from rmlab.language_models import CausalLM
-from rmlab.losses import DPO
+from rmlab.losses import DPO, ORPO, SimPO
 from rmlab.pair_module import PreferenceModule
 from rmlab.rewards import ExactMatch
 from rmlab.run import train
@@ -264,38 +264,79 @@ def completion_logps(lm, prompt: str, completion: str) -> torch.Tensor:
     return torch.stack([logp[len(prompt_ids) - 1 + j, t] for j, t in enumerate(target)])
 
 
-def test_module_dpo_loss_equals_a_hand_computation_and_trl_with_the_cached_reference():
-    trl_reference = pytest.importorskip("tests.trl_reference")
+def softplus(x: float) -> float:
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def hand_loss(loss: str, pol: dict, ref: dict, n: dict, rows: list[int]) -> tuple[float, list[float]]:
+    """One batch's loss and each pair's implicit margin, from summed log-probs (policy, reference) and token counts
+    per side ("c", "r"), written from the papers' formulas."""
+    beta = {"sigmoid": 0.5, "ipo": 0.5, "hinge": 0.5, "simpo": 2.0, "orpo": 0.1}[loss]
+    if loss in ("simpo", "orpo"):
+        a = {side: [pol[side][i] / n[side][i] for i in rows] for side in "cr"}
+        margins = [beta * (ac - ar) for ac, ar in zip(a["c"], a["r"])]
+        if loss == "simpo":  # gamma 0.5
+            return sum(softplus(-(beta * (ac - ar) - 0.5)) for ac, ar in zip(a["c"], a["r"])) / len(rows), margins
+        nll = -sum(pol["c"][i] for i in rows) / sum(n["c"][i] for i in rows)
+
+        def log_odds(x):
+            return x - math.log(1 - math.exp(x))
+
+        ratio = [log_odds(ac) - log_odds(ar) for ac, ar in zip(a["c"], a["r"])]
+        return nll + beta * sum(softplus(-z) for z in ratio) / len(rows), margins
+    lr = {side: [pol[side][i] - ref[side][i] for i in rows] for side in "cr"}
+    h = [c - r for c, r in zip(lr["c"], lr["r"])]
+    if loss == "sigmoid":
+        per = [softplus(-beta * x) for x in h]
+    elif loss == "hinge":
+        per = [max(0.0, 1 - beta * x) for x in h]
+    else:  # ipo: per-token log-ratios
+        per = [(lr["c"][j] / n["c"][i] - lr["r"][j] / n["r"][i] - 1 / (2 * beta)) ** 2 for j, i in enumerate(rows)]
+    return sum(per) / len(rows), [beta * x for x in h]
+
+
+LOSSES = {"sigmoid": lambda: DPO(beta=0.5), "ipo": lambda: DPO(beta=0.5, loss_type="ipo"),
+          "hinge": lambda: DPO(beta=0.5, loss_type="hinge"), "simpo": lambda: SimPO(beta=2.0, gamma=0.5),
+          "orpo": lambda: ORPO(beta=0.1)}
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_module_loss_equals_a_hand_computation_and_trl_with_the_cached_reference(loss):
     torch.manual_seed(0)
     pairs = [PairExample("ab=", "ba", "bb"), PairExample("cab=", "bac", "bxc"), PairExample("a=", "a", "aaaa")]
     lm = CausalLM(width=32, depth=1, heads=2, max_length=16)
     initial = CausalLM(width=32, depth=1, heads=2, max_length=16)
     initial.load_state_dict(lm.state_dict())
     split = tokenize_pairs(pairs, lm.tokenizer, lm.max_length, "test", "tiny")
-    beta = 0.5
-    module = PreferenceModule(lm, DPO(beta=beta), ExactMatch(), ReversePreference().info, optimizer={},
+    module = PreferenceModule(lm, LOSSES[loss](), ExactMatch(), ReversePreference().info, optimizer={},
                               max_epochs=1, log_every_n_steps=1, batch_size=2,
                               generation=GenerationConfig(max_new_tokens=3, log_samples=0))
-    module.cache_reference({"test": split}, batch_size=2)
+    assert module.needs_reference == (loss not in ("simpo", "orpo"))
+    if module.needs_reference:
+        module.cache_reference({"test": split}, batch_size=2)
     with torch.no_grad():  # the policy moves away from its reference
         for p in lm.parameters():
             p.add_(0.3 * torch.randn_like(p))
-    got = module.evaluate("test", PairEvalBatches(split, 2))
+    got = module.evaluate("test", PairEvalBatches(split, 2))  # batches of pairs 0-1 and 2
     with torch.no_grad():
-        per = {who: [[completion_logps(model, p.prompt, getattr(p, side)) for p in pairs]
-                     for side in ("chosen", "rejected")] for who, model in (("policy", lm), ("ref", initial))}
-    sums = {who: [[float(t.sum()) for t in side] for side in sides] for who, sides in per.items()}
-    losses, wins, margins = [], [], []
-    for i in range(len(pairs)):
-        h = (sums["policy"][0][i] - sums["ref"][0][i]) - (sums["policy"][1][i] - sums["ref"][1][i])
-        losses.append(math.log1p(math.exp(-beta * h)))
-        wins.append(h > 0)
-        margins.append(beta * h)
-    assert got["test/loss"] == pytest.approx(sum(losses) / 3, rel=1e-5)
-    assert got["test/implicit_accuracy"] == pytest.approx(sum(wins) / 3)
+        per = {who: {side[0]: [completion_logps(model, p.prompt, getattr(p, side)) for p in pairs]
+                     for side in ("chosen", "rejected")} for who, model in (("policy", lm), ("ref", initial))}
+    sums = {who: {side: [float(t.sum()) for t in ts] for side, ts in sides.items()} for who, sides in per.items()}
+    n = {side: [len(t) for t in ts] for side, ts in per["policy"].items()}
+    (first, m1), (second, m2) = (hand_loss(loss, sums["policy"], sums["ref"], n, rows) for rows in ([0, 1], [2]))
+    assert got["test/loss"] == pytest.approx((2 * first + second) / 3, rel=1e-5)
+    margins = m1 + m2
+    assert got["test/implicit_accuracy"] == pytest.approx(sum(m > 0 for m in margins) / 3)
     assert got["test/implicit_margin"] == pytest.approx(sum(margins) / 3, rel=1e-4, abs=1e-6)
-    # TRL's DPOTrainer loss on the same per-token log-probs and the cached reference sums.
-    width = max(len(t) for side in per["policy"] for t in side)
+    nll = -sum(sums["policy"]["c"]) / sum(n["c"])
+    assert got["test/perplexity"] == pytest.approx(math.exp(nll), rel=1e-5)
+    if loss in ("simpo", "orpo"):
+        return
+    # The cached reference is the initial weights' log-probs; TRL's DPOTrainer loss agrees on the same inputs.
+    assert module.reference["test"].chosen.tolist() == pytest.approx(sums["ref"]["c"], rel=1e-5)
+    assert module.reference["test"].rejected.tolist() == pytest.approx(sums["ref"]["r"], rel=1e-5)
+    trl_reference = pytest.importorskip("tests.trl_reference")
+    width = max(n["c"] + n["r"])
 
     def padded(side):
         return torch.stack([F.pad(t.float(), (0, width - len(t))) for t in side])
@@ -303,14 +344,12 @@ def test_module_dpo_loss_equals_a_hand_computation_and_trl_with_the_cached_refer
     def mask(side):
         return torch.stack([torch.arange(width) < len(t) for t in side])
 
-    trl = trl_reference.dpo_loss(chosen=padded(per["policy"][0]), rejected=padded(per["policy"][1]),
-                                 chosen_mask=mask(per["policy"][0]), rejected_mask=mask(per["policy"][1]),
-                                 ref_chosen=module.reference["test"].chosen, ref_rejected=module.reference["test"].rejected,
-                                 beta=beta, loss_type="sigmoid")
-    assert got["test/loss"] == pytest.approx(float(trl), rel=1e-5)
-    # The cached reference is the initial weights' log-probs.
-    assert module.reference["test"].chosen.tolist() == pytest.approx(sums["ref"][0], rel=1e-5)
-    assert module.reference["test"].rejected.tolist() == pytest.approx(sums["ref"][1], rel=1e-5)
+    trl = [trl_reference.dpo_loss(chosen=padded(per["policy"]["c"][rows]), rejected=padded(per["policy"]["r"][rows]),
+                                  chosen_mask=mask(per["policy"]["c"][rows]), rejected_mask=mask(per["policy"]["r"][rows]),
+                                  ref_chosen=module.reference["test"].chosen[rows],
+                                  ref_rejected=module.reference["test"].rejected[rows], beta=0.5, loss_type=loss)
+           for rows in (slice(0, 2), slice(2, 3))]
+    assert got["test/loss"] == pytest.approx((2 * float(trl[0]) + float(trl[1])) / 3, rel=1e-5)
 
 
 def count_forwards(monkeypatch):
