@@ -48,7 +48,8 @@ def _rows(logps: PairLogps, index: Tensor | slice) -> PairLogps:
 
 
 class PreferenceModule(SequenceModule):
-    """A language model + a preference loss on pairs + a text reward on its generations (see the module docstring)."""
+    """A language model + a preference loss on pairs + a reward: a text reward on its generations, or a pair reward
+    on the loss's implicit rewards (see the module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
