@@ -25,8 +25,11 @@ PAIR_OPTIONS = {
 }
 NEED_A_PATH = {"csv", "preference_file"}
 # Language-model options that no packaged task trains yet: they compose and build, and refuse today's tasks naming
-# the choices that work (the preference losses need a sequence_pair task; policy feedback is not wired into training).
-NO_TASK_YET = {"loss": {"dpo", "simpo", "orpo"}, "feedback": {"grpo", "rloo"}}
+# the choices that work (policy feedback is not wired into training).
+NO_TASK_YET = {"feedback": {"grpo", "rloo"}}
+# Preference optimisation of a language model: its losses and tasks (output kind sequence_pair) build together.
+SEQUENCE_PAIR_LOSSES = {"dpo", "simpo", "orpo"}
+SEQUENCE_PAIR_TASKS = {"reverse_preference", "addition_preference", "preference_completion_file"}
 # Sequence tasks (the file tasks given a file, reasoning_gym a dataset) build with a language model and a text reward;
 # their own configs are tested in test_sequence_tasks.py.
 SEQUENCE_TASKS = {"copy", "reverse", "sort", "addition", "reasoning_gym", "text_classification", "qa", "translation",
@@ -103,6 +106,10 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
         overrides = ["task=reverse", "task.n_examples=100", "reward=exact_match", *LANGUAGE_MODELS[option]]
     if group == "task" and option in SEQUENCE_TASKS:
         overrides += [*sequence_task_overrides(option, tmp_path), *LM, "reward=exact_match"]
+    if group == "task" and option in SEQUENCE_PAIR_TASKS:
+        overrides += [*sequence_task_overrides(option, tmp_path), *LM, "loss=dpo", "reward=exact_match"]
+    if group == "loss" and option in SEQUENCE_PAIR_LOSSES:
+        overrides += ["task=reverse_preference", "task.n_examples=100", *LM, "reward=exact_match"]
     if group == "reward" and option in TEXT_REWARDS:
         overrides += [f"task={TEXT_REWARD_TASK.get(option, 'reverse')}", "task.n_examples=100", *LM,
                       *text_reward_overrides(option, tmp_path)]
@@ -129,6 +136,10 @@ def sequence_task_overrides(option, tmp_path):
     if option == "completion_file":
         path = tmp_path / "sft.jsonl"
         path.write_text("".join(f'{{"prompt": "q{i}", "completion": "a{i}"}}\n' for i in range(40)))
+        return [f"task.path={path}"]
+    if option == "preference_completion_file":
+        path = tmp_path / "prefs.jsonl"
+        path.write_text("".join(f'{{"prompt": "q{i}", "chosen": "a{i}", "rejected": "b{i}"}}\n' for i in range(40)))
         return [f"task.path={path}"]
     if option == "text_classification_file":
         path = tmp_path / "labels.csv"
