@@ -49,12 +49,12 @@ class RewardModel(TextReward):
         found = load_run_model(init_from, tracking_uri, what)
         spec = found.spec or {}
         if spec.get("output_kind") != PAIR or spec.get("input_type") != TOKENS:
-            task = found.config.get("task", {}).get("name", "?") if isinstance(found.config, dict) else "?"
+            task = (found.config.get("task") or {}).get("name", "?")
+            trains = (f"trains a {spec.get('output_kind')!r} model on {spec.get('input_type')!r} inputs" if spec else
+                      "trains no scorer of texts: a language model, or a task of another kind")
             raise ConfigError(
-                f"{what}={init_from}: {found.source} is not a text reward model (its task={task} trains a "
-                f"{spec.get('output_kind', (found.config.get('task') or {}).get('_target_', '?'))!r} model on "
-                f"{spec.get('input_type', '?')!r} inputs); train one on text preference pairs, e.g. "
-                "task=review_preference model=text_transformer loss=bradley_terry")
+                f"{what}={init_from}: {found.source} is not a text reward model (its task={task} {trains}); train one "
+                "on text preference pairs, e.g. task=review_preference model=text_transformer loss=bradley_terry")
         self.source = found.source
         self.max_length = int(spec["max_length"])
         self.uses_prompt = bool(spec["prompt"])
