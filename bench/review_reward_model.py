@@ -10,14 +10,19 @@ correlation of the item scores with the items' gold rewards, for ``with_prompt``
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
-from rmlab.tasks import ReviewPreference
-from rmlab.text_models import TextTransformer
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's rmlab, whatever is installed
+
+from rmlab.tasks import ReviewPreference  # noqa: E402
+from rmlab.text_models import TextTransformer  # noqa: E402
 
 
 def run(with_prompt: bool, args: argparse.Namespace) -> None:

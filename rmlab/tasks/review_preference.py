@@ -9,7 +9,8 @@ different reviews of its thing drawn from the family's generator; the first is c
 
 Without the prompt by default: every review of the data is about its prompt's thing, so the labels never depend on
 the prompt, and its bytes (names, days) only dilute what a small byte-level model must learn (measured: a Spearman
-of 0.53 with the gold reward after 300 steps on one-clause reviews without negation, 0.23 with the prompt). A
+of 0.50 with the gold reward after 300 steps on one-clause reviews without negation, 0.21 with the prompt:
+``bench/review_reward_model.py``). A
 reward model trained so cannot see whether a review is about the right thing: a blind spot of the proxy that the
 gold reward of ``review_writing`` catches.
 """
