@@ -25,8 +25,10 @@ PAIR_OPTIONS = {
 }
 NEED_A_PATH = {"csv", "preference_file"}
 # Language-model options that no packaged task trains yet: they compose and build, and refuse today's tasks naming
-# the choices that work (the preference losses need a sequence_pair task; policy feedback is not wired into training).
-NO_TASK_YET = {"loss": {"dpo", "simpo", "orpo"}, "feedback": {"grpo", "rloo"}}
+# the choices that work (the preference losses need a sequence_pair task).
+NO_TASK_YET = {"loss": {"dpo", "simpo", "orpo"}}
+# Policy optimisation trains language models: built on a sequence task (and refused on tabular ones, below).
+SEQUENCE_FEEDBACK = {"grpo", "rloo"}
 # Sequence tasks (the file tasks given a file, reasoning_gym a dataset) build with a language model and a text reward;
 # their own configs are tested in test_sequence_tasks.py.
 SEQUENCE_TASKS = {"copy", "reverse", "sort", "addition", "reasoning_gym", "text_classification", "qa", "translation",
@@ -76,6 +78,8 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
         overrides += [*sequence_task_overrides(option, tmp_path), *LM, "reward=exact_match"]
     if group == "reward" and option in TEXT_REWARDS:
         overrides += [f"task={TEXT_REWARD_TASK.get(option, 'reverse')}", "task.n_examples=100", *LM]
+    if group == "feedback" and option in SEQUENCE_FEEDBACK:
+        overrides += ["task=reverse", "task.n_examples=100", "reward=exact_match", *LM]
     cfg = compose_config(*overrides)
     if (group, option) == ("trainer", "gpu") and not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="trainer.accelerator=gpu but this machine has no CUDA GPU"):
@@ -87,6 +91,18 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
         return
     parts = build_components(cfg)
     assert parts.info.output_kind in parts.loss.accepts
+    if group == "feedback" and option != "none":
+        from rmlab.policy import as_policy
+
+        assert parts.info.output_kind != "sequence" or as_policy(parts.feedback).name == option
+
+
+@pytest.mark.parametrize("option", sorted(SEQUENCE_FEEDBACK))
+def test_policy_feedback_is_refused_on_tabular_tasks_naming_what_works(option):
+    with pytest.raises(IncompatibleError, match=f"feedback={option} trains language models on sequence tasks, but "
+                                                "task=digits outputs 'logits'. Choices of feedback that work on "
+                                                "task=digits: reinforce"):
+        build_components(compose_config(f"feedback={option}"))
 
 
 def sequence_task_overrides(option, tmp_path):
