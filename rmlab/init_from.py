@@ -12,7 +12,8 @@
 Checkpoints are read with ``torch.load(weights_only=True)``: a file that needs arbitrary code to load is refused. Only
 the model's own weights (the module's ``model.*`` entries) are loaded, and strictly: every tensor must exist on both
 sides with the same shape. Before that the two model configs are compared: the same model (``name``) and the same
-value of every key but the dropout rates (which train differently but build the same network); any other difference
+value of every key but the dropout rates (which train differently; where a dropout rate adds layers, as the MLP's
+does, the tensors then do not fit and the error says so); any other difference
 (``width``, ``depth``, ``heads``, ``positions``, ``max_length``, ...) is a start-up error naming the keys and both
 values. A checkpoint without a model config (a hand-made file) is checked by its tensors alone.
 
@@ -189,17 +190,19 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_differences(source: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``model.<key>=<theirs> (here <ours>)`` for every key that decides the network and differs."""
+def config_differences(source: dict[str, Any], current: dict[str, Any], free: bool = False) -> list[str]:
+    """``model.<key>=<theirs> (here <ours>)`` for every key that decides the network (with ``free``: every dropout
+    key) and differs."""
     theirs, ours = _flat(source), _flat(current)
-    keys = [k for k in dict.fromkeys([*theirs, *ours]) if not _free(k) and theirs.get(k) != ours.get(k)]
+    keys = [k for k in dict.fromkeys([*theirs, *ours]) if _free(k) == free and theirs.get(k) != ours.get(k)]
     return [f"model.{k}={theirs.get(k)} (here {ours.get(k)})" for k in keys]
 
 
-def check_compatible(source: Source, model_config: dict[str, Any], value: str) -> None:
-    """ConfigError naming the differing model keys unless the source was trained with the same network."""
+def check_compatible(source: Source, model_config: dict[str, Any], value: str) -> list[str]:
+    """ConfigError naming the differing model keys unless the source was trained with the same network; returns the
+    dropout keys that differ (allowed)."""
     if source.model_config is None:
-        return
+        return []
     theirs, ours = source.model_config.get("name"), model_config.get("name")
     if theirs != ours:
         raise ConfigError(f"init_from={value}: {source.label} trained model={theirs}, this run builds model={ours}; "
@@ -208,10 +211,12 @@ def check_compatible(source: Source, model_config: dict[str, Any], value: str) -
     if differences:
         raise ConfigError(f"init_from={value}: the model differs from {source.label}'s: {', '.join(differences)}; "
                           "use the same model settings (only dropout may differ)")
+    return config_differences(source.model_config, model_config, free=True)
 
 
-def load_weights(model: Any, source: Source, value: str) -> None:
-    """Copy the source's weights into ``model`` (strict); ConfigError naming the tensors that do not fit."""
+def load_weights(model: Any, source: Source, value: str, changed: list[str] | None = None) -> None:
+    """Copy the source's weights into ``model`` (strict); ConfigError naming the tensors that do not fit (and the
+    dropout keys ``changed``, which can add layers to a model, as the MLP's dropout does)."""
     own = model.state_dict()
     missing = [k for k in own if k not in source.state_dict]
     extra = [k for k in source.state_dict if k not in own]
@@ -221,14 +226,15 @@ def load_weights(model: Any, source: Source, value: str) -> None:
         parts = ([f"shapes differ: {'; '.join(wrong[:3])}"] if wrong else []) + (
             [f"missing there: {', '.join(missing[:3])}"] if missing else []) + (
             [f"not in this model: {', '.join(extra[:3])}"] if extra else [])
-        raise ConfigError(f"init_from={value}: {source.label}'s weights do not fit this model ({'; '.join(parts)}); "
-                          "use the model (and task) it was trained with")
+        because = f" (model settings that differ: {', '.join(changed)})" if changed else ""
+        raise ConfigError(f"init_from={value}: {source.label}'s weights do not fit this model ({'; '.join(parts)})"
+                          f"{because}; use the model (and task) it was trained with")
     model.load_state_dict(source.state_dict, strict=True)
 
 
 def initialise(model: Any, value: str, model_config: dict[str, Any], tracking_uri: str | None) -> str:
     """Load ``init_from`` into ``model`` after checking it fits; return the label recorded on the run."""
     source = resolve(value, tracking_uri)
-    check_compatible(source, model_config, value)
-    load_weights(model, source, value)
+    changed = check_compatible(source, model_config, value)
+    load_weights(model, source, value, changed)
     return source.label

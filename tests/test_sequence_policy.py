@@ -147,8 +147,9 @@ def test_sft_then_grpo_from_its_run_id_runs_end_to_end_and_mlflow_holds_the_poli
     """An SFT run keeps its best checkpoint as an artifact; GRPO starts from it by run id: the first update's KL to
     the reference is 0 (the reference is the loaded model), the run carries its source, and every policy metric is
     stored per step."""
-    sft = train(compose_config(*TINY, "trainer.max_epochs=2", "logger.log_checkpoint=true"))
-    rl = train(compose_config(*TINY, f"init_from={sft['run_id']}", "feedback=grpo", "feedback.num_samples=2",
+    graded = "reward=neg_edit_distance"  # a graded reward: groups differ even before the model is any good
+    sft = train(compose_config(*TINY, graded, "trainer.max_epochs=2", "logger.log_checkpoint=true"))
+    rl = train(compose_config(*TINY, graded, f"init_from={sft['run_id']}", "feedback=grpo", "feedback.num_samples=2",
                               "feedback.max_new_tokens=5", "feedback.beta=0.05", "trainer.max_epochs=1",
                               "trainer.limit_train_batches=3", "trainer.log_every_n_steps=1"))
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
