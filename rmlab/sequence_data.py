@@ -8,8 +8,9 @@ training device once (``TokenizedSplit.to``).
 Batches keep the habits of ``rmlab.data``: one gather per epoch (a seeded permutation), then slices (views). Each
 batch is cut to the width of its longest row, a width computed on the host from lengths kept on the CPU, so no
 batch reads a device value. ``TrainBatches`` groups ``steps_per_chunk`` batches into one ``TokenChunk`` per
-Lightning step (a ``PromptChunk``, with the prompts and examples, when reward feedback trains on them); ``EvalBatches`` yields ``EvalBatch`` (teacher-forced tensors, prompts and the examples, which the
-rewards score against).
+Lightning step (a ``PromptChunk``, with the prompts and examples, when reward feedback trains on them);
+``EvalBatches`` yields ``EvalBatch`` (teacher-forced tensors, prompts and the examples, which the rewards score
+against).
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ from rmlab.errors import ConfigError, check
 from rmlab.generation_config import GenerationConfig
 
 GROUPS = ("task", "model", "loss", "reward", "feedback", "generation", "optimizer", "trainer", "logger")
-ROOT_KEYS = (*GROUPS, "seed", "experiment", "run_name", "init_from", "optuna")  # optuna: set by the Optuna sweeper per trial
+# optuna: set by the Optuna sweeper per trial
+ROOT_KEYS = (*GROUPS, "seed", "experiment", "run_name", "init_from", "optuna")
 MAX_SEED = 2**32 - 1  # what numpy's and Lightning's seeding accept
 
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64")

@@ -25,9 +25,9 @@ POLICY_METRICS = ("sampled_reward", "reward_std", "kl", "kl_sequence", "entropy"
 
 
 def hand_grpo_loss(lm, reference, rows, rewards, old_logps=None):
-    """GRPO written out, one unpadded row at a time, log-probs at the sampling temperature: group-normalised advantages, per-token clipped ratio, k3 KL to
-    the reference in the loss, entropy bonus, terms summed over every completion token and divided by their count
-    (loss_type dapo), plus LOSS_WEIGHT x the cross entropy of the reference completions."""
+    """GRPO written out, one unpadded row at a time, log-probs at the sampling temperature: group-normalised
+    advantages, per-token clipped ratio, k3 KL to the reference in the loss, entropy bonus, terms summed over every
+    completion token and divided by their count (loss_type dapo)."""
     groups = rewards.view(-1, K)
     advantages = ((groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-4)).reshape(-1)
     terms, entropies, logps_out = [], [], []
@@ -83,8 +83,9 @@ def test_one_grpo_batch_through_the_module_equals_a_hand_written_update(workdir,
     clipping and the cross entropy mix all enter)."""
     cfg = compose_config(*TINY, "feedback=grpo", f"feedback.num_samples={K}", "feedback.num_iterations=2",
                          f"feedback.beta={BETA}", f"feedback.entropy_coef={ENTROPY}", f"feedback.epsilon={EPSILON}",
-                         f"feedback.loss_weight={LOSS_WEIGHT}", "feedback.max_new_tokens=5", f"feedback.temperature={TEMPERATURE}",
-                         "reward=neg_edit_distance", "optimizer=sgd", f"optimizer.lr={LR}", "optimizer.momentum=0.0", f"task.batch_size={BATCH}")
+                         f"feedback.loss_weight={LOSS_WEIGHT}", "feedback.max_new_tokens=5",
+                         f"feedback.temperature={TEMPERATURE}", "reward=neg_edit_distance", "optimizer=sgd",
+                         f"optimizer.lr={LR}", "optimizer.momentum=0.0", f"task.batch_size={BATCH}")
     torch.manual_seed(0)
     parts = build_components(cfg)
     tokenizer = ByteTokenizer()
@@ -187,7 +188,9 @@ def test_grpo_from_an_sft_start_raises_the_reward(workdir):
 @pytest.mark.parametrize("feedback", [["feedback=reinforce", "feedback.num_samples=2", "feedback.baseline=greedy"],
                                       ["feedback=rloo", "feedback.num_samples=2", "feedback.num_iterations=2"],
                                       ["feedback=reinforce", "feedback.baseline=moving_average",
-                                       "trainer.accumulate_grad_batches=2"]],
+                                       "trainer.accumulate_grad_batches=2"],
+                                      ["feedback=grpo", "feedback.num_samples=2", "feedback.beta=0.1",
+                                       "trainer.precision=bf16-mixed", "trainer.steps_per_chunk=2"]],
                          ids=lambda o: " ".join(o))
 def test_every_policy_feedback_trains_through_the_run(workdir, feedback):
     results = train(compose_config(*TINY, *feedback, "feedback.max_new_tokens=4", "trainer.max_epochs=1",
