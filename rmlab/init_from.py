@@ -22,8 +22,11 @@ Every problem is a ``ConfigError`` of one line, raised by ``rmlab.build`` before
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 PREFIX = "model."  # the language model / KindHead inside the LightningModule's state dict
 TAG = "rmlab.init_from"
 OUTPUT_DIR_TAG = "rmlab.output_dir"
+PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,25 @@ def _from_run(run_id: str, tracking_uri: str | None) -> Source:
     if db is not None and not db.is_file():  # never create a store just to look a run up in it
         raise ConfigError(f"{where}: no MLflow store at {db} to look the run up in (set logger.tracking_uri or "
                           "$MLFLOW_TRACKING_URI to the store of the earlier run, or give a checkpoint path)")
+    with _quiet_downloads():
+        return _read_run(run_id, uri, where)
+
+
+@contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """No download progress bars on the terminal (an error must stay one line); the setting is restored after."""
+    before = os.environ.get(PROGRESS_BAR)
+    os.environ[PROGRESS_BAR] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PROGRESS_BAR, None)
+        else:
+            os.environ[PROGRESS_BAR] = before
+
+
+def _read_run(run_id: str, uri: str, where: str) -> Source:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 

@@ -107,12 +107,16 @@ def test_sources_that_cannot_be_used_are_start_up_errors(workdir, tabular_run):
         (TABULAR, str(hand_made), "weights do not fit this model (shapes differ: net.0.weight (16, 3) there, "
                                   "(16, 13) here"),
     ]
+    elsewhere = workdir / "other" / "mlflow.db"
+    cases.append(([*TABULAR, f"logger.tracking_uri=sqlite:///{elsewhere}"], run_id,
+                  f"init_from={run_id}: no MLflow store at {elsewhere} to look the run up in"))
     before = run_count(workdir)
     for overrides, source, message in cases:
         with pytest.raises(ConfigError) as caught:
             train(compose_config(*overrides, f"init_from={source}"))
         assert message in str(caught.value) and "\n" not in str(caught.value), source
     assert run_count(workdir) == before  # nothing was recorded
+    assert not elsewhere.exists() and not elsewhere.parent.exists()  # and no store was created
 
 
 def test_a_language_model_checks_its_shape_deciding_keys(workdir):
@@ -134,12 +138,13 @@ def test_init_from_values_are_validated(value, message):
         validate_config(compose_config(f"init_from={value}"))
 
 
-def test_command_line_refuses_a_missing_source_in_one_line_with_exit_code_2(tmp_path):
-    done = subprocess.run([PYTHON, "-m", "rmlab", "task=wine", "init_from=" + "a" * 32], cwd=tmp_path,
-                          env=cli_env(), capture_output=True, text=True, timeout=300)
+def test_command_line_refuses_an_incompatible_model_in_one_line_with_exit_code_2(workdir, tabular_run):
+    run_id = tabular_run["run_id"]
+    before = run_count(workdir)
+    done = subprocess.run([PYTHON, "-m", "rmlab", *TABULAR[:-1], "model.hidden_sizes=[8]", f"init_from={run_id}"],
+                          cwd=workdir, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
-        f"rmlab: error: init_from={'a' * 32}: no MLflow store at {tmp_path.resolve() / 'mlflow.db'} to look the run "
-        "up in (set logger.tracking_uri or $MLFLOW_TRACKING_URI to the store of the earlier run, or give a "
-        "checkpoint path)"]
-    assert not (tmp_path / "mlflow.db").exists()
+    assert done.stderr.strip().splitlines() == [  # no download progress bar around it
+        f"rmlab: error: init_from={run_id}: the model differs from run {run_id}'s: model.hidden_sizes=[16] (here [8]); "
+        "use the same model settings (only dropout may differ)"]
+    assert run_count(workdir) == before
