@@ -13,9 +13,9 @@ Checkpoints are read with ``torch.load(weights_only=True)``: a file that needs a
 the model's own weights (the module's ``model.*`` entries) are loaded, and strictly: every tensor must exist on both
 sides with the same shape. Before that the two model configs are compared: the same model (``name``) and the same
 value of every key but the dropout rates (which train differently; where a dropout rate adds layers, as the MLP's
-does, the tensors then do not fit and the error says so); any other difference
-(``width``, ``depth``, ``heads``, ``positions``, ``max_length``, ...) is a start-up error naming the keys and both
-values. A checkpoint without a model config (a hand-made file) is checked by its tensors alone.
+does, the tensors then do not fit and the error says so). Any other difference (``width``, ``depth``, ``heads``,
+``positions``, ``max_length``, ...) is a start-up error naming the keys and both values. A checkpoint without a model
+config (a hand-made file) is checked by its tensors alone.
 
 Every problem is a ``ConfigError`` of one line, raised by ``rmlab.build`` before the run exists (exit code 2).
 """

@@ -213,8 +213,8 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         validation.restore(module)  # test the weights with the best val/reward (if kept)
         results: dict[str, Any] = module.evaluate("test", data.test_batches())
         results.update(selection_metrics(validation))
-        saved = validation.save(out / "checkpoints" / "best.ckpt", checkpoint_extra(cfg)) if trainer.is_global_zero \
-            else None
+        extra = checkpoint_extra(cfg)
+        saved = validation.save(out / "checkpoints" / "best.ckpt", extra) if trainer.is_global_zero else None
         if tracker is not None and cfg.logger.log_checkpoint and saved is not None:
             tracker.log_artifact(saved, "checkpoints")
         # Throughput of the whole fit (training, per-epoch validation, logging): what the benchmark compares.
