@@ -204,9 +204,11 @@ def _free(key: str) -> bool:
 
 
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested keys as dotted ones; an empty group (``overrides: {}``) has no keys, so it compares equal to one that
+    only sets free keys."""
     out: dict[str, Any] = {}
     for key, value in config.items():
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):
             out.update(_flat(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value

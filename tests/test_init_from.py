@@ -148,3 +148,17 @@ def test_command_line_refuses_an_incompatible_model_in_one_line_with_exit_code_2
         f"rmlab: error: init_from={run_id}: the model differs from run {run_id}'s: model.hidden_sizes=[16] (here [8]); "
         "use the same model settings (only dropout may differ)"]
     assert run_count(workdir) == before
+
+
+def test_a_hugging_face_model_may_change_its_dropout_overrides_only(workdir):
+    pytest.importorskip("transformers")
+    hf = [o for o in TINY if not o.startswith("model.")] + [
+        "model=hf_causal_lm", "model.config=gpt2", "model.width=16", "model.depth=1", "model.heads=2",
+        "model.max_length=16", "logger=none"]
+    train(compose_config(*hf, "trainer.max_epochs=1", "trainer.limit_train_batches=1"))
+    file = next(workdir.rglob("best.ckpt"))
+    parts = build_components(compose_config(*hf, f"init_from={file}", "+model.overrides.resid_pdrop=0.2"))
+    expected = model_weights(file)
+    assert all(torch.equal(parts.model.state_dict()[k], v) for k, v in expected.items())
+    with pytest.raises(ConfigError, match=re.escape("model.overrides.n_inner=None (here 32)")):
+        build_components(compose_config(*hf, f"init_from={file}", "+model.overrides.n_inner=32"))
