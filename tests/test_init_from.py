@@ -138,6 +138,7 @@ def test_init_from_values_are_validated(value, message):
         validate_config(compose_config(f"init_from={value}"))
 
 
+@pytest.mark.slow
 def test_command_line_refuses_an_incompatible_model_in_one_line_with_exit_code_2(workdir, tabular_run):
     run_id = tabular_run["run_id"]
     before = run_count(workdir)
