@@ -17,7 +17,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from rmlab.errors import ConfigError, IncompatibleError, check
-from rmlab.kinds import FEATURES, SEQUENCE, TaskInfo
+from rmlab.kinds import FEATURES, SEQUENCE, SEQUENCE_PAIR, TaskInfo
 from rmlab.models import KindHead, output_dim
 from rmlab.paths import CONFIG_DIR
 from rmlab.validate import validate_config
@@ -130,8 +130,15 @@ def _require(group: str, name: str, offered: tuple, needed: str, info: TaskInfo,
 
 
 def check_accepts(group: str, name: str, component: Any, info: TaskInfo) -> None:
-    """A loss or reward must accept the task's output kind."""
-    _require(group, name, component.accepts, info.output_kind, info, "model outputs", "accepts")
+    """A loss or reward must accept the task's output kind. A component that has a counterpart for another kind
+    says so in ``kind_hints`` (output kind -> what to use instead), added to the error."""
+    try:
+        _require(group, name, component.accepts, info.output_kind, info, "model outputs", "accepts")
+    except IncompatibleError as err:
+        hint = getattr(component, "kind_hints", {}).get(info.output_kind)
+        if hint is None:
+            raise
+        raise IncompatibleError(f"{err} ({hint})") from None
 
 
 def check_model_input(model_cfg: DictConfig, info: TaskInfo) -> None:
@@ -198,7 +205,12 @@ def build_components(cfg: DictConfig) -> Components:
     check_accepts("reward", cfg.reward.name, reward, info)
     loss.check_task(info)
     reward.check_task(info)
-    if info.output_kind == SEQUENCE:
+    if info.output_kind == SEQUENCE_PAIR and cfg.feedback.name != "none":
+        raise IncompatibleError(
+            f"feedback={cfg.feedback.name} does not work on task={info.name}: a task of preference pairs trains on "
+            "its pairs offline (loss=dpo|simpo|orpo), with no reward fed back. Choices of feedback that work on "
+            f"task={info.name}: none")
+    if info.output_kind in (SEQUENCE, SEQUENCE_PAIR):
         from rmlab.sequence_build import build_sequence
 
         return build_sequence(cfg, task, info, loss, reward)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmlab.console import compact_config, result_block
 from rmlab.errors import ConfigError
-from rmlab.kinds import SEQUENCE
+from rmlab.kinds import SEQUENCE, SEQUENCE_PAIR
 from rmlab.provenance import command_line, command_overrides, job_context, run_name, run_tags
 from rmlab.validate import validate_config
 
@@ -253,6 +253,15 @@ def _module_and_data(cfg: DictConfig, parts: Components):
                   log_every_n_steps=cfg.trainer.log_every_n_steps, batch_size=parts.task.batch_size,
                   gradient_clip_val=cfg.trainer.gradient_clip_val,
                   accumulate_grad_batches=cfg.trainer.accumulate_grad_batches)
+    if parts.info.output_kind == SEQUENCE_PAIR:
+        from rmlab.pair_module import PairDataModule, PreferenceModule
+
+        module = PreferenceModule(parts.model, parts.loss, parts.reward, parts.info, generation=parts.generation,
+                                  **common)
+        data = PairDataModule(parts.splits, parts.task.batch_size, parts.generation.batch_size, seed=cfg.seed,
+                              steps_per_chunk=cfg.trainer.steps_per_chunk,
+                              limit_train_batches=cfg.trainer.limit_train_batches)
+        return module, data
     if parts.info.output_kind == SEQUENCE:
         from rmlab.sequence_module import SequenceDataModule, SequenceModule
 

@@ -63,7 +63,7 @@ class SequenceModule(ObjectiveModule):
                          feedback=feedback)
         # The frozen reference policy (reward feedback only), made as training starts. Kept in __dict__, out of the
         # module tree: neither trained, nor saved with the module, nor counted as its parameters.
-        self.__dict__["reference"] = None
+        self.__dict__["reference_policy"] = None
         self._policy_logged_step = 0  # the optimizer step of the last per-step log point (reward feedback)
         self.generation = generation
         self.tokenizer = model.tokenizer
@@ -87,10 +87,10 @@ class SequenceModule(ObjectiveModule):
     def on_train_start(self) -> None:
         super().on_train_start()
         self._policy_logged_step = self.global_step
-        if self.feedback is not None and self.reference is None:
+        if self.feedback is not None and self.reference_policy is None:
             from rmlab.sequence_policy import frozen_copy
 
-            self.__dict__["reference"] = frozen_copy(self.model)
+            self.__dict__["reference_policy"] = frozen_copy(self.model)
 
     def training_step(self, chunk: TokenChunk, chunk_idx: int) -> None:
         if self.feedback is not None:
@@ -130,7 +130,7 @@ class SequenceModule(ObjectiveModule):
         for index, (width, prompt_width) in enumerate(zip(chunk.widths, chunk.prompt_widths)):
             rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
             x, y = chunk.ids[rows, :width], chunk.labels[rows, :width]
-            out = run_policy_batch(self, algorithm, self.reference, x, y,
+            out = run_policy_batch(self, algorithm, self.reference_policy, x, y,
                                    chunk.prompt_ids[rows, full - prompt_width:],
                                    chunk.prompt_mask[rows, full - prompt_width:], chunk.examples[rows], optimizer)
             self.metrics[0].update(out.rewards)

@@ -140,8 +140,10 @@ def test_one_grpo_batch_through_the_module_equals_a_hand_written_update(workdir,
         torch.testing.assert_close(ours.detach() - first, theirs.detach() - first, rtol=2e-3, atol=2e-6, msg=name)
     moved = sum((p.detach() - q).abs().sum() for p, q in zip(lm.parameters(), start.parameters()))
     assert moved > 1e-3  # the comparison can fail: the updates moved the weights
-    assert "reference" not in dict(module.named_modules()) and not any(
-        k.startswith("reference") for k in module.state_dict())  # the frozen reference is not saved or trained
+    # The frozen reference is neither saved nor trained.
+    assert module.reference_policy is not None
+    assert not any(m is module.reference_policy for m in module.modules())
+    assert not any(k.startswith("reference") for k in module.state_dict())
 
 
 def test_sft_then_grpo_from_its_run_id_runs_end_to_end_and_mlflow_holds_the_policy_metrics(workdir):
