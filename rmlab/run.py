@@ -193,7 +193,7 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
 
     module, data = _module_and_data(cfg, parts)
     out = output_dir()
-    life = RunLifecycle(tracker, run_name(cfg), tags, parent_run_id)
+    life = RunLifecycle(tracker, run_name(cfg), {**tags, **source_tags(parts, out)}, parent_run_id)
     callbacks = make_callbacks(cfg, data)
     validation = callbacks[0]
     loggers = []
@@ -213,7 +213,8 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         validation.restore(module)  # test the weights with the best val/reward (if kept)
         results: dict[str, Any] = module.evaluate("test", data.test_batches())
         results.update(selection_metrics(validation))
-        saved = validation.save(out / "checkpoints" / "best.ckpt") if trainer.is_global_zero else None
+        extra = checkpoint_extra(cfg)
+        saved = validation.save(out / "checkpoints" / "best.ckpt", extra) if trainer.is_global_zero else None
         if tracker is not None and cfg.logger.log_checkpoint and saved is not None:
             tracker.log_artifact(saved, "checkpoints")
         # Throughput of the whole fit (training, per-epoch validation, logging): what the benchmark compares.
@@ -226,6 +227,24 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
             _log_outcome(tracker, cfg, parts, results, trainer.global_step, module.first_step_time)
     results["run_id"] = life.run_id
     return results
+
+
+def source_tags(parts: Components, out: Path) -> dict[str, str]:
+    """Where the run's weights start from (``init_from``) and its output folder (where ``init_from=<this run's id>``
+    finds the best checkpoint when it was not logged as an artifact)."""
+    from rmlab.init_from import OUTPUT_DIR_TAG, TAG
+
+    tags = {OUTPUT_DIR_TAG: str(out.resolve())}
+    if parts.init_from is not None:
+        tags[TAG] = parts.init_from
+    return tags
+
+
+def checkpoint_extra(cfg: DictConfig) -> dict[str, Any]:
+    """Saved in ``best.ckpt`` beside the weights: the model config, which ``init_from`` checks a later run against."""
+    from rmlab.init_from import checkpoint_meta
+
+    return checkpoint_meta(OmegaConf.to_container(cfg.model, resolve=True))
 
 
 def _module_and_data(cfg: DictConfig, parts: Components):
@@ -247,10 +266,11 @@ def _module_and_data(cfg: DictConfig, parts: Components):
         from rmlab.sequence_module import SequenceDataModule, SequenceModule
 
         module = SequenceModule(parts.model, parts.loss, parts.reward, parts.info, generation=parts.generation,
-                                **common)
+                                feedback=parts.feedback, **common)
         data = SequenceDataModule(parts.splits, parts.task.batch_size, parts.generation.batch_size, seed=cfg.seed,
                                   steps_per_chunk=cfg.trainer.steps_per_chunk,
-                                  limit_train_batches=cfg.trainer.limit_train_batches)
+                                  limit_train_batches=cfg.trainer.limit_train_batches,
+                                  prompts=parts.feedback is not None)
         return module, data
     from rmlab.data import TaskDataModule
     from rmlab.module import ObjectiveModule
