@@ -35,6 +35,7 @@ class Components:
     feedback: Any  # None when feedback=none
     generation: Any = None  # sequence tasks: the evaluation's GenerationConfig
     splits: Any = None  # sequence tasks: the tokenised splits (rmlab.sequence_data.TokenizedSplit)
+    init_from: str | None = None  # where the model's weights came from (``init_from``), as recorded on the run
 
 
 def instantiate(group: str, node: DictConfig | dict, **extra: Any) -> Any:
@@ -235,5 +236,17 @@ def build_components(cfg: DictConfig) -> Components:
         feedback.check(reward, info)
     check_model_input(cfg.model, info)
     net = instantiate("model", cfg.model, input_dim=info.input_dim, output_dim=output_dim(info))
-    return Components(task=task, info=info, model=KindHead(net, info.output_kind), loss=loss, reward=reward,
-                      feedback=feedback)
+    model = KindHead(net, info.output_kind)
+    return Components(task=task, info=info, model=model, loss=loss, reward=reward, feedback=feedback,
+                      init_from=initialise_model(cfg, model))
+
+
+def initialise_model(cfg: DictConfig, model: Any) -> str | None:
+    """Load ``init_from`` (an earlier run's weights) into the freshly built model; return the source's label."""
+    value = cfg.get("init_from")
+    if value is None:
+        return None
+    from rmlab.init_from import initialise
+
+    return initialise(model, value, OmegaConf.to_container(cfg.model, resolve=True),
+                      cfg.logger.get("tracking_uri"))

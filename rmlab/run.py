@@ -193,7 +193,7 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
 
     module, data = _module_and_data(cfg, parts)
     out = output_dir()
-    life = RunLifecycle(tracker, run_name(cfg), tags, parent_run_id)
+    life = RunLifecycle(tracker, run_name(cfg), {**tags, **source_tags(parts, out)}, parent_run_id)
     callbacks = make_callbacks(cfg, data)
     validation = callbacks[0]
     loggers = []
@@ -213,8 +213,8 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         validation.restore(module)  # test the weights with the best val/reward (if kept)
         results: dict[str, Any] = module.evaluate("test", data.test_batches())
         results.update(selection_metrics(validation))
-        saved = (validation.save(out / "checkpoints" / "best.ckpt", checkpoint_meta(cfg, parts))
-                 if trainer.is_global_zero else None)
+        extra = checkpoint_extra(cfg, parts)
+        saved = validation.save(out / "checkpoints" / "best.ckpt", extra) if trainer.is_global_zero else None
         if tracker is not None and cfg.logger.log_checkpoint and saved is not None:
             tracker.log_artifact(saved, "checkpoints")
         # Throughput of the whole fit (training, per-epoch validation, logging): what the benchmark compares.
@@ -229,15 +229,29 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
     return results
 
 
-def checkpoint_meta(cfg: DictConfig, parts: Components) -> dict[str, Any]:
-    """What a checkpoint holds beside the weights so that ``init_from=<checkpoint>`` can rebuild the model: the
-    resolved config and, where the task's kind has a served form, the model spec (sizes, text settings)."""
+def source_tags(parts: Components, out: Path) -> dict[str, str]:
+    """Where the run's weights start from (``init_from``) and its output folder (where ``init_from=<this run's id>``
+    finds the best checkpoint when it was not logged as an artifact)."""
+    from rmlab.init_from import OUTPUT_DIR_TAG, TAG
+
+    tags = {OUTPUT_DIR_TAG: str(out.resolve())}
+    if parts.init_from is not None:
+        tags[TAG] = parts.init_from
+    return tags
+
+
+def checkpoint_extra(cfg: DictConfig, parts: Components) -> dict[str, Any]:
+    """Saved in ``best.ckpt`` beside the weights: the model config, which ``init_from`` checks a later run against,
+    the task config, and where the task's kind has a served form the model spec (sizes, a text model's settings:
+    what ``reward=reward_model`` rebuilds a reward model from)."""
+    from rmlab.init_from import checkpoint_meta
     from rmlab.serving.export import model_spec
     from rmlab.serving.io import io_class_for
 
     io_cls = io_class_for(parts.info)
-    spec = model_spec(cfg, parts, io_cls) if io_cls is not None else None
-    return {"config": OmegaConf.to_container(cfg, resolve=True), "spec": spec}
+    return checkpoint_meta(OmegaConf.to_container(cfg.model, resolve=True),
+                           task_config=OmegaConf.to_container(cfg.task, resolve=True),
+                           spec=model_spec(cfg, parts, io_cls) if io_cls is not None else None)
 
 
 def _module_and_data(cfg: DictConfig, parts: Components):
@@ -259,10 +273,11 @@ def _module_and_data(cfg: DictConfig, parts: Components):
         from rmlab.sequence_module import SequenceDataModule, SequenceModule
 
         module = SequenceModule(parts.model, parts.loss, parts.reward, parts.info, generation=parts.generation,
-                                **common)
+                                feedback=parts.feedback, **common)
         data = SequenceDataModule(parts.splits, parts.task.batch_size, parts.generation.batch_size, seed=cfg.seed,
                                   steps_per_chunk=cfg.trainer.steps_per_chunk,
-                                  limit_train_batches=cfg.trainer.limit_train_batches)
+                                  limit_train_batches=cfg.trainer.limit_train_batches,
+                                  prompts=parts.feedback is not None)
         return module, data
     from rmlab.data import TaskDataModule
     from rmlab.module import ObjectiveModule

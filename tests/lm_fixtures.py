@@ -62,6 +62,6 @@ def reward_model_checkpoint(path, width: int = 16, max_length: int = 160, seed: 
     spec = {"format": 1, "io": "rmlab.serving.io:TextScorer", "network": network, "input_dim": max_length,
             "output_dim": 1, "output_kind": "pair", "input_type": "tokens", "task": "review_preference",
             "max_length": max_length, "prompt": prompt}
-    torch.save({"config": {"task": {"name": "review_preference"}, "model": network}, "spec": spec,
+    torch.save({"model_config": network, "task_config": {"name": "review_preference"}, "spec": spec,
                 "state_dict": {f"model.{k}": v for k, v in head.state_dict().items()}, "epoch": 0}, path)
     return path

@@ -69,7 +69,7 @@ def test_combined_is_the_weighted_sum_and_keeps_each_term():
     ([{"name": "exact_match", "weight": 1, "normalize": "upper"}],
      r"reward.terms\[0\]: reward 'exact_match': normalize must be one of none, strip, squad"),
     ([{"name": "neg_length", "weight": 1}, {"name": "reward_model", "weight": 1, "init_from": "nope.ckpt"}],
-     r"reward.terms\[1\]: reward.init_from=nope.ckpt: no such checkpoint file"),
+     r"reward.terms\[1\]: reward.init_from=nope.ckpt: no such file or folder"),
     ([{"name": "format", "weight": 1}], r"reward.terms\[0\]: reward 'format' needs pattern: give it in the term"),
     ([{"name": "reward_model", "weight": 1}], r"reward.terms\[0\]: reward 'reward_model' needs init_from"),
 ])

@@ -24,9 +24,8 @@ PAIR_OPTIONS = {
     "reward": {"preference_accuracy", "reward_margin", "true_reward_spearman", "preference_neg_ece"},
 }
 NEED_A_PATH = {"csv", "preference_file"}
-# Language-model options that no packaged task trains yet: they compose and build, and refuse today's tasks naming
-# the choices that work (policy feedback is not wired into training).
-NO_TASK_YET = {"feedback": {"grpo", "rloo"}}
+# Policy optimisation trains language models: built on a sequence task (and refused on tabular ones, below).
+SEQUENCE_FEEDBACK = {"grpo", "rloo"}
 # Preference optimisation of a language model: its losses and tasks (output kind sequence_pair) build together.
 SEQUENCE_PAIR_LOSSES = {"dpo", "simpo", "orpo"}
 SEQUENCE_PAIR_TASKS = {"reverse_preference", "addition_preference", "preference_completion_file"}
@@ -116,17 +115,27 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
     if (group, option) == ("task", "review_preference"):
         overrides += ["task.n_pairs=200", "model=text_transformer", "model.width=16", "model.heads=2",
                       "loss=bradley_terry", "reward=preference_accuracy"]
+    if group == "feedback" and option in SEQUENCE_FEEDBACK:
+        overrides += ["task=reverse", "task.n_examples=100", "reward=exact_match", *LM]
     cfg = compose_config(*overrides)
     if (group, option) == ("trainer", "gpu") and not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="trainer.accelerator=gpu but this machine has no CUDA GPU"):
             build_components(cfg)  # refused before anything is created, not by Lightning once the run is open
         return
-    if option in NO_TASK_YET.get(group, ()):
-        with pytest.raises(IncompatibleError, match=f"{group}={option} .*task=digits.* Choices of {group} that work"):
-            build_components(cfg)
-        return
     parts = build_components(cfg)
     assert parts.info.output_kind in parts.loss.accepts
+    if group == "feedback" and option != "none":
+        from rmlab.policy import as_policy
+
+        assert parts.info.output_kind != "sequence" or as_policy(parts.feedback).name == option
+
+
+@pytest.mark.parametrize("option", sorted(SEQUENCE_FEEDBACK))
+def test_policy_feedback_is_refused_on_tabular_tasks_naming_what_works(option):
+    with pytest.raises(IncompatibleError, match=f"feedback={option} trains language models on sequence tasks, but "
+                                                "task=digits outputs 'logits'. Choices of feedback that work on "
+                                                "task=digits: reinforce"):
+        build_components(compose_config(f"feedback={option}"))
 
 
 def sequence_task_overrides(option, tmp_path):

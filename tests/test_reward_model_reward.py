@@ -1,5 +1,5 @@
 """A trained text reward model as the reward of a language model (``reward=reward_model``), loaded by
-``rmlab.run_artifacts`` from a run id or a checkpoint: its scores equal the reward model's own (MLflow's pyfunc
+``rmlab.init_from`` from a run id or a checkpoint: its scores equal the reward model's own (MLflow's pyfunc
 model of the same run), a sequence run on the known-reward task logs it with the gold reward beside it, and every
 bad ``init_from`` is a one-line start-up error that creates nothing."""
 
@@ -19,7 +19,7 @@ from rmlab.models import KindHead
 from rmlab.predict import _store, load
 from rmlab.rewards import RewardModel
 from rmlab.run import train
-from rmlab.run_artifacts import load_run_model
+from rmlab.init_from import resolve
 from rmlab.sequence import TextExample
 from rmlab.tasks.sequence.review_gold import gold_score
 from rmlab.tokenizer import batch_encode
@@ -82,7 +82,7 @@ def test_reward_model_scores_equal_the_trained_models_own(in_store):
         assert got.dtype == torch.float32 and got.shape == (len(texts),)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
         assert not any(p.requires_grad for p in reward.net.parameters()) and not reward.net.training
-    assert by_id.source == f"run {run_id}" and by_path.source == str(checkpoint)
+    assert by_id.source == f"run {run_id}" and by_path.source == str(checkpoint.resolve())
     assert by_id.score([], []).shape == (0,)
     # Trained without prompts, the model does not read them: another prompt gives the same scores.
     other = TextExample("review of the pizza by Leo on Friday: ", "x", {"thing": "pizza"})
@@ -95,9 +95,9 @@ def test_completions_are_encoded_as_the_reward_model_read_items_in_training(prom
     reward = RewardModel(init_from=str(checkpoint), batch_size=3)
     examples = [EXAMPLE, TextExample("review of the pizza by Leo on Friday: ", "x", {"thing": "pizza"})] * 3
     texts = TEXTS + ["the pizza was good"]
-    found = load_run_model(str(checkpoint))
+    found = resolve(str(checkpoint), None)
     head = KindHead(instantiate("model", found.spec["network"], input_dim=48, output_dim=1), "pair")
-    head.load_state_dict(found.state)
+    head.load_state_dict(found.state_dict)
     head.eval()
     ids = batch_encode(texts, 48, [e.prompt for e in examples] if prompt else None)  # the pair tasks' encoding
     with torch.no_grad():
@@ -109,15 +109,26 @@ def test_completions_are_encoded_as_the_reward_model_read_items_in_training(prom
 
 
 @pytest.mark.slow
-def test_loader_reads_the_run_config_from_either_source(in_store):
-    _, store, run_id, checkpoint = in_store
-    by_id, by_path = load_run_model(run_id, store), load_run_model(str(checkpoint))
-    for found in (by_id, by_path):
-        assert found.config["task"]["name"] == "review_preference" and found.config["model"]["width"] == 32
+def test_loader_reads_the_model_from_every_source(in_store):
+    """The run id finds the checkpoint in the run's output folder; with that folder gone (another machine), the
+    run's logged MLflow model; a checkpoint path is read directly. All give the same weights, spec and configs."""
+    workdir, store, run_id, checkpoint = in_store
+    by_id, by_path = resolve(run_id, store), resolve(str(checkpoint), None)
+    aside = workdir / "elsewhere"
+    checkpoint.parent.parent.rename(aside)  # the output folder the run's tag names is no longer there
+    try:
+        by_model = resolve(run_id, store)
+        assert isinstance(RewardModel(init_from=run_id), RewardModel)
+    finally:
+        aside.rename(checkpoint.parent.parent)
+    for found in (by_id, by_path, by_model):
+        assert found.task_config["name"] == "review_preference" and found.model_config["width"] == 32
         assert found.spec["max_length"] == 128 and found.spec["prompt"] is False
-        assert sorted(found.state) == sorted(by_id.state) and all(k.startswith("net.") for k in found.state)
-    for key in by_id.state:
-        assert torch.equal(by_id.state[key], by_path.state[key])
+        assert sorted(found.state_dict) == sorted(by_id.state_dict)
+        assert all(k.startswith("net.") for k in found.state_dict)
+        for key in by_id.state_dict:
+            assert torch.equal(by_id.state_dict[key], found.state_dict[key])
+    assert by_id.label == by_model.label == f"run {run_id}" and by_path.label == str(checkpoint.resolve())
 
 
 @pytest.mark.slow
@@ -147,10 +158,10 @@ def test_sequence_run_scores_generations_with_the_reward_model_and_logs_the_gold
     # The language model's own checkpoint loads through the same loader (init_from of a policy), and is refused as
     # a reward model.
     checkpoint = max(workdir.glob("outputs/**/checkpoints/best.ckpt"), key=lambda p: p.stat().st_mtime)
-    found = load_run_model(str(checkpoint))
-    assert found.spec is None and found.config["task"]["name"] == "review_writing"
-    lm = instantiate("model", found.config["model"])
-    lm.load_state_dict(found.state)  # strict: every key of the language model, nothing else
+    found = resolve(str(checkpoint), None)
+    assert found.spec is None and found.task_config["name"] == "review_writing"
+    lm = instantiate("model", found.model_config)
+    lm.load_state_dict(found.state_dict)  # strict: every key of the language model, nothing else
     with pytest.raises(ConfigError, match=r"is not a text reward model \(its task=review_writing"):
         RewardModel(init_from=str(checkpoint))
 
@@ -177,9 +188,9 @@ def test_bad_init_from_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cases = [
-        ("0123456789abcdef0123456789abcdef", r"reward.init_from=0123456789abcdef0123456789abcdef: there is no MLflow "
-                                             r"store at sqlite:///.*mlflow.db to find the run in"),
-        ("no/such/best.ckpt", r"reward.init_from=no/such/best.ckpt: no such checkpoint file, and not an MLflow run "
+        ("0123456789abcdef0123456789abcdef", r"reward.init_from=0123456789abcdef0123456789abcdef: no MLflow store at "
+                                             r".*mlflow.db to look the run up in"),
+        ("no/such/best.ckpt", r"reward.init_from=no/such/best.ckpt: no such file or folder, and not an MLflow run "
                               r"id"),
         ("", r"reward.init_from must be an MLflow run id or a checkpoint path, got ''"),
         (None, r"reward.init_from is required"),
@@ -191,14 +202,15 @@ def test_bad_init_from_is_a_one_line_error(tmp_path, monkeypatch):
     assert not (tmp_path / "mlflow.db").exists()  # looking a run up created no store
     not_torch = tmp_path / "notes.ckpt"
     not_torch.write_text("hello")
-    with pytest.raises(ConfigError, match="is not a checkpoint torch can load safely"):
+    with pytest.raises(ConfigError, match="reward.init_from=.*notes.ckpt is not a checkpoint torch can load"):
         RewardModel(init_from=str(not_torch))
     old = tmp_path / "old.ckpt"
-    torch.save({"state_dict": {}, "epoch": 0}, old)
-    with pytest.raises(ConfigError, match="holds no run config .* give the run's id instead"):
+    torch.save({"state_dict": {"model.net.w": torch.zeros(1)}, "epoch": 0}, old)
+    with pytest.raises(ConfigError, match=r"is not a text reward model \(its task=\? trains no scorer of texts: .* "
+                                          r"or a checkpoint written before rmlab stored model specs\)"):
         RewardModel(init_from=str(old))
     tabular = tmp_path / "tabular.ckpt"
-    torch.save({"state_dict": {}, "config": {"task": {"name": "synthetic_preference"}},
+    torch.save({"state_dict": {"model.net.w": torch.zeros(1)}, "task_config": {"name": "synthetic_preference"},
                 "spec": {"output_kind": "pair", "input_type": "features"}}, tabular)
     with pytest.raises(ConfigError, match=r"is not a text reward model \(its task=synthetic_preference trains a "
                                           r"'pair' model on 'features' inputs\)"):
@@ -214,23 +226,19 @@ def test_runs_that_hold_no_reward_model_are_refused(in_store):
     workdir, store, _, _ = in_store
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("review_preference").experiment_id
-    failed = client.create_run(experiment).info.run_id
-    client.set_terminated(failed, "FAILED")
     empty = client.create_run(experiment).info.run_id
-    client.set_terminated(empty, "FINISHED")
-    with pytest.raises(ConfigError, match=f"reward.init_from={failed}: the run is FAILED, not FINISHED"):
-        RewardModel(init_from=failed)
-    with pytest.raises(ConfigError, match=f"reward.init_from={empty}: the run stored no weights"):
+    client.set_terminated(empty, "FAILED")
+    with pytest.raises(ConfigError, match=f"reward.init_from={empty}: the run has no checkpoints/best.ckpt artifact"):
         RewardModel(init_from=empty)
-    with pytest.raises(ConfigError, match="no such run in the MLflow store"):
+    with pytest.raises(ConfigError, match="reward.init_from=f{32}: no run with this id in the MLflow store"):
         RewardModel(init_from="f" * 32)
 
 
 def test_a_language_model_run_is_not_a_reward_model(in_store):
     workdir = in_store[0]
     checkpoint = workdir / "lm.ckpt"
-    torch.save({"state_dict": {}, "config": {"task": {"name": "reverse", "_target_": "rmlab.tasks.sequence.Reverse"}},
-                "spec": None}, checkpoint)
+    torch.save({"state_dict": {"model.w": torch.zeros(1)}, "task_config": {"name": "reverse"}, "spec": None},
+               checkpoint)
     cfg = compose_config(*POLICY, "reward=reward_model", f"reward.init_from={checkpoint}")
     with pytest.raises(ConfigError, match=r"is not a text reward model \(its task=reverse trains no scorer of texts"):
         build_components(cfg)
@@ -245,6 +253,6 @@ def test_command_line_exits_2_with_one_line_and_creates_no_run(in_store):
                           cwd=workdir, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 2, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and f"reward.init_from={'e' * 32}: no such run in the MLflow store" in lines[0], lines
+    assert len(lines) == 1 and f"reward.init_from={'e' * 32}: no run with this id in the MLflow store" in lines[0], lines
     assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == before
     assert not (workdir / "outputs" / "review_writing").exists()

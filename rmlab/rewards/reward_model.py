@@ -1,7 +1,7 @@
 """``reward_model``: a frozen text reward model, trained by an rmlab preference run, as the reward of generations.
 
-``init_from`` names the reward model (a run id or a checkpoint path, loaded by ``rmlab.run_artifacts``): it must be
-a model of a preference task on text (output kind ``pair``, token inputs: ``review_preference``,
+``init_from`` names the reward model (a run id, a run's output folder or a checkpoint file, read by
+``rmlab.init_from`` as a policy's ``init_from`` is): it must be a model of a preference task on text (output kind ``pair``, token inputs: ``review_preference``,
 ``preference_file``, with ``model=text_transformer``). Each completion is scored as the reward model scored items
 in training: ``[BOS] prompt [SEP] completion [EOS]`` in byte tokens (without the prompt where the model was trained
 without prompts), cut to the model's ``max_length`` as in training (the prompt loses its start first, then the
@@ -44,18 +44,24 @@ class RewardModel(TextReward):
         self.device = torch.device(check_choice(self.name, "device", device, DEVICES))
         if device == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"reward {self.name!r}: device=cuda but torch sees no CUDA GPU here; use device=cpu")
-        from rmlab.run_artifacts import load_run_model
+        if not isinstance(init_from, str) or not init_from.strip():
+            raise ConfigError(f"{what} must be an MLflow run id or a checkpoint path, got {init_from!r}")
+        from rmlab.init_from import resolve
 
-        found = load_run_model(init_from, tracking_uri, what)
+        try:
+            found = resolve(init_from, tracking_uri)
+        except ConfigError as err:  # its messages name init_from=...: say which one
+            raise ConfigError(f"reward.{err}") from None
         spec = found.spec or {}
         if spec.get("output_kind") != PAIR or spec.get("input_type") != TOKENS:
-            task = (found.config.get("task") or {}).get("name", "?")
+            task = (found.task_config or {}).get("name", "?")
             trains = (f"trains a {spec.get('output_kind')!r} model on {spec.get('input_type')!r} inputs" if spec else
-                      "trains no scorer of texts: a language model, or a task of another kind")
+                      "trains no scorer of texts: a language model, a task of another kind, or a checkpoint written "
+                      "before rmlab stored model specs")
             raise ConfigError(
-                f"{what}={init_from}: {found.source} is not a text reward model (its task={task} {trains}); train one "
+                f"{what}={init_from}: {found.label} is not a text reward model (its task={task} {trains}); train one "
                 "on text preference pairs, e.g. task=review_preference model=text_transformer loss=bradley_terry")
-        self.source = found.source
+        self.source = found.label
         self.max_length = int(spec["max_length"])
         self.uses_prompt = bool(spec["prompt"])
         self.net = self._build(found, what, init_from)
@@ -68,9 +74,9 @@ class RewardModel(TextReward):
         net = instantiate("model", spec["network"], input_dim=spec["input_dim"], output_dim=spec["output_dim"])
         head = KindHead(net, PAIR)
         try:
-            head.load_state_dict(found.state)
+            head.load_state_dict(found.state_dict)
         except RuntimeError as err:
-            raise ConfigError(f"{what}={init_from}: the weights of {found.source} do not fit its model config: "
+            raise ConfigError(f"{what}={init_from}: the weights of {found.label} do not fit its model spec: "
                               f"{str(err).splitlines()[0]}") from None
         head.requires_grad_(False)
         return head.net.to(self.device).eval()  # the network scores single items
