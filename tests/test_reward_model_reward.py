@@ -256,3 +256,24 @@ def test_command_line_exits_2_with_one_line_and_creates_no_run(in_store):
     assert len(lines) == 1 and f"reward.init_from={'e' * 32}: no run with this id in the MLflow store" in lines[0], lines
     assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == before
     assert not (workdir / "outputs" / "review_writing").exists()
+
+
+@pytest.mark.slow
+def test_policy_feedback_against_the_reward_model_logs_proxy_terms_and_gold_per_step(in_store):
+    """feedback=grpo on review_writing optimises a combined reward (the reward model plus a length penalty): every
+    logged step holds each term and the gold reward of the same sampled completions, and the optimised reward is
+    the terms' weighted sum."""
+    _, store, run_id, _ = in_store
+    terms = (f"reward.terms=[{{name: reward_model, weight: 1.0, init_from: {run_id}}}, "
+             "{name: neg_length, weight: 0.01}]")
+    results = train(compose_config(*POLICY, "reward=combined", terms, "feedback=grpo", "feedback.num_samples=2",
+                                   "feedback.max_new_tokens=8", "trainer.limit_train_batches=3",
+                                   "trainer.log_every_n_steps=1", "task.batch_size=4"))
+    client = MlflowClient(store)
+    history = {name: {m.step: m.value for m in client.get_metric_history(results["run_id"], f"train/{name}")}
+               for name in ("sampled_reward", "reward_model", "neg_length", "gold_reward")}
+    assert len(history["sampled_reward"]) == 3
+    for step, sampled in history["sampled_reward"].items():
+        assert sampled == pytest.approx(history["reward_model"][step] + 0.01 * history["neg_length"][step], abs=1e-5)
+        assert -2.0 <= history["gold_reward"][step] <= 1.5
+        assert -8.0 <= history["neg_length"][step] <= 0  # at most 8 new byte tokens: at most 8 characters
