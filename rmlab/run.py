@@ -215,14 +215,14 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         results.update(selection_metrics(validation))
         saved = validation.save(out / "checkpoints" / "best.ckpt") if trainer.is_global_zero else None
         if tracker is not None and cfg.logger.log_checkpoint and saved is not None:
-            tracker.log_artifact(saved, "checkpoints")
+            tracker.upload(f"the checkpoint {saved.name}", tracker.log_artifact, saved, "checkpoints")
         # Throughput of the whole fit (training, per-epoch validation, logging): what the benchmark compares.
         results["perf_fit_s"] = fit_s
         results["perf_train_samples_per_s"] = module.samples_trained / fit_s
         if getattr(module, "tokens_trained", 0):  # sequence tasks
             results["perf_train_tokens_per_s"] = module.tokens_trained / fit_s
         if tracker is not None:
-            tracker.set_tags({"rmlab.selection": validation.selected()[0]})
+            tracker.set_final_tags({"rmlab.selection": validation.selected()[0]})
             _log_outcome(tracker, cfg, parts, results, trainer.global_step, module.first_step_time)
     results["run_id"] = life.run_id
     return results
@@ -268,17 +268,20 @@ def selection_metrics(validation) -> dict[str, float]:
 def _log_outcome(tracker, cfg: DictConfig, parts: Components, results: dict[str, Any], step: int,
                  first_step_time: float | None) -> None:
     """After the test: the final metrics, the first step's wall clock (a tag: a timestamp is no metric to chart), and
-    the tested weights as the run's MLflow model (``logger.log_model``)."""
+    the tested weights as the run's MLflow model (``logger.log_model``). Tags travel with the final metrics, so a run
+    whose store went away gets them when it is replayed."""
     final = {k: v for k, v in results.items() if k in SELECTION_KEYS or k.startswith("perf_")}
     tracker.log_metrics(final, step=step)
     if first_step_time is not None:
-        tracker.set_tags({"rmlab.first_step_unix": f"{first_step_time:.3f}"})
+        tracker.set_final_tags({"rmlab.first_step_unix": f"{first_step_time:.3f}"})
     if cfg.logger.log_model:
         from rmlab.serving.export import log_model
 
-        tracker.flush()  # the test metrics must be stored before they are linked to the model
+        tracker.drain()  # the test metrics must be stored before they are linked to the model
         linked = {k: v for k, v in results.items() if k.startswith("test/") or k in SELECTION_KEYS}
-        log_model(tracker, cfg, parts, step, linked, register_as=cfg.logger.register_as)
+        # A store that went away: the model is skipped (with a warning), the metrics wait for rmlab.replay.
+        tracker.upload("the MLflow model", log_model, tracker, cfg, parts, step, linked,
+                       register_as=cfg.logger.register_as)
 
 
 def _dashboard(tracker) -> str | None:
