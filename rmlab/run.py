@@ -25,6 +25,7 @@ from rmlab.validate import validate_config
 
 if TYPE_CHECKING:
     from rmlab.build import Components
+    from rmlab.resume import ResumePoint
 
 log = logging.getLogger("rmlab")
 # torch, numpy and the component modules are imported inside the functions that need them, so that rmlab.validate
@@ -76,6 +77,7 @@ def quiet_lightning() -> None:
 
 def make_trainer(cfg: DictConfig, callbacks: list, loggers: list, out: Path):
     import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import Checkpoint
 
     quiet_lightning()
 
@@ -88,7 +90,10 @@ def make_trainer(cfg: DictConfig, callbacks: list, loggers: list, out: Path):
             fast_dev_run=t.fast_dev_run,
             # rmlab logs per-step metrics itself (rmlab.module), so Lightning's log_every_n_steps has nothing to gate.
             enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
-            enable_checkpointing=False, logger=loggers or False, callbacks=callbacks,
+            # Lightning refuses a Checkpoint callback (rmlab's last.ckpt) unless checkpointing is enabled, and adds
+            # its own ModelCheckpoint only when there is none.
+            enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks), logger=loggers or False,
+            callbacks=callbacks,
             default_root_dir=str(out),
         )
     except Exception as err:  # Lightning's MisconfigurationException and friends, before anything is tracked
@@ -154,6 +159,7 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
 
         check_writable(resolve_tracking_uri(cfg.logger.tracking_uri))
     validate_for_context(cfg, context)
+    point = resume_point_of(cfg, context)  # resume=: checked before anything is created
     seed_all(cfg.seed)
     from rmlab.build import build_components
 
@@ -180,7 +186,7 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
 
             for run_id in close_orphans(tracker.client):
                 log.warning(f"rmlab: closed run {run_id} FAILED: its process ended without closing it")
-    results = _fit_and_test(cfg, parts, tracker, tags, parent_run_id)
+    results = _fit_and_test(cfg, parts, tracker, tags, parent_run_id, point)
     if global_rank() == 0:
         print(result_block(results, parts.reward.name, results["run_id"], tracker.uri if tracker else None,
                            _dashboard(tracker), _run_page(tracker)))
@@ -188,13 +194,18 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
 
 
 def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, str],
-                  parent_run_id: str | None) -> dict[str, Any]:
+                  parent_run_id: str | None, point: ResumePoint | None = None) -> dict[str, Any]:
     from rmlab.lifecycle import RunLifecycle
 
     module, data = _module_and_data(cfg, parts)
     out = output_dir()
-    life = RunLifecycle(tracker, run_name(cfg), tags, parent_run_id)
-    callbacks = make_callbacks(cfg, data)
+    last = last_checkpoint_path(cfg, tracker, out, point)
+    if point is not None:  # the same run goes on: its tags stay, but for the process that now owns it
+        from rmlab.resume import LAST_TAG, RESUMED_TAG
+
+        tags = {RESUMED_TAG: str(point.checkpoint), **({LAST_TAG: str(last)} if last is not None else {})}
+    life = RunLifecycle(tracker, run_name(cfg), tags, parent_run_id, reopen=point.run_id if point else None)
+    callbacks = make_callbacks(cfg, data) + last_checkpoint_callbacks(cfg, last)
     validation = callbacks[0]
     loggers = []
     if tracker is not None:
@@ -205,10 +216,10 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
 
     datasets = _datasets(cfg, parts.task) if tracker is not None else None  # digests: before the run exists
     with life:  # the run exists from here on, and is closed with its status whatever happens
-        if tracker is not None:
-            _record_config(tracker, cfg, datasets)
+        if tracker is not None and point is None:  # a resumed run has them already
+            _record_config(tracker, cfg, datasets, last)
         started = time.perf_counter()
-        trainer.fit(module, datamodule=data)
+        trainer.fit(module, datamodule=data, **fit_from(point))
         fit_s = time.perf_counter() - started
         validation.restore(module)  # test the weights with the best val/reward (if kept)
         results: dict[str, Any] = module.evaluate("test", data.test_batches())
@@ -226,6 +237,53 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
             _log_outcome(tracker, cfg, parts, results, trainer.global_step, module.first_step_time)
     results["run_id"] = life.run_id
     return results
+
+
+# -- resuming an interrupted run (resume=<run id>) ------------------------------------------------------------------
+
+
+def resume_point_of(cfg: DictConfig, context: dict[str, Any]) -> ResumePoint | None:
+    """The run ``resume=`` names and its last.ckpt (None without ``resume``); ConfigError (exit status 2) when it
+    cannot be continued with this config (``rmlab.resume``). Reads the store, creates nothing."""
+    if cfg.get("resume") is None:
+        return None
+    if context.get("multirun"):
+        raise ConfigError("resume= continues one run: it cannot be part of a multirun (-m)")
+    if cfg.logger.get("name") != "mlflow" or cfg.trainer.get("fast_dev_run"):
+        raise ConfigError("resume= continues a tracked run: it needs logger=mlflow and no trainer.fast_dev_run")
+    from rmlab.resume import resume_point
+    from rmlab.server import bound_http_retries, check_reachable, is_http
+    from rmlab.store import open_client, resolve_tracking_uri, sqlite_path
+
+    uri = resolve_tracking_uri(cfg.logger.tracking_uri)
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise ConfigError(f"resume={cfg.resume}: no such run: the tracking store {uri} does not exist")
+    if is_http(uri):
+        bound_http_retries()
+        check_reachable(uri)
+    return resume_point(cfg, open_client(uri))
+
+
+def last_checkpoint_path(cfg: DictConfig, tracker, out: Path, point: ResumePoint | None) -> Path | None:
+    """Where this run writes its last.ckpt: none for an untracked run (nothing could resume it) or with
+    ``trainer.checkpoint.every_n_epochs=0``; a resumed run goes on writing the file it resumed from."""
+    if tracker is None or not cfg.trainer.checkpoint.every_n_epochs:
+        return None
+    return point.checkpoint if point is not None else out / "checkpoints" / "last.ckpt"
+
+
+def last_checkpoint_callbacks(cfg: DictConfig, path: Path | None) -> list:
+    if path is None:
+        return []
+    from rmlab.last_checkpoint import LastCheckpoint
+
+    return [LastCheckpoint(path, cfg.trainer.checkpoint.every_n_epochs)]
+
+
+def fit_from(point: ResumePoint | None) -> dict[str, Any]:
+    """``Trainer.fit``'s arguments that continue from the run's last.ckpt (loaded with ``weights_only=True``)."""
+    return {} if point is None else {"ckpt_path": str(point.checkpoint), "weights_only": True}
 
 
 def _module_and_data(cfg: DictConfig, parts: Components):
@@ -307,12 +365,16 @@ def _datasets(cfg: DictConfig, task) -> list:
     return split_datasets(task, OmegaConf.to_container(cfg.task, resolve=True))
 
 
-def _record_config(tracker, cfg: DictConfig, datasets: list) -> None:
+def _record_config(tracker, cfg: DictConfig, datasets: list, last: Path | None = None) -> None:
     """Record everything known before training on the open run: params (numbers as the user typed them), the
-    datasets, the resolved config, the command."""
+    datasets, the resolved config, the command, and where its last.ckpt will be (if it writes one)."""
     from rmlab.tracking import flatten, typed_params
 
     tracker.log_params(typed_params(flatten(OmegaConf.to_container(cfg, resolve=True)), command_overrides()))
+    if last is not None:
+        from rmlab.resume import LAST_TAG
+
+        tracker.set_tags({LAST_TAG: str(last)})
     tracker.log_inputs(datasets)
     tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
     tracker.log_text(command_line() + "\n", "command.txt")

@@ -141,6 +141,7 @@ class Tracker:
         self.retry_s = retry_s
         self._buffer: list[Metric] = []
         self._last: dict[str, tuple[int, float]] = {}  # key -> (step, value) last buffered
+        self._held_steps: dict[str, int] = {}  # a reopened run: key -> the last step the store already holds
         self._last_send = time.monotonic()
         if is_http(self.uri):
             bound_http_retries()
@@ -170,6 +171,25 @@ class Tracker:
         Tracker.opened += 1
         self._last_send = time.monotonic()  # the flush interval counts from the run's start, not the store's opening
         return self.run_id
+
+    def reopen(self, run_id: str, tags: Mapping[str, str]) -> str:
+        """Continue a closed run (``resume=``): RUNNING again, its ``error`` tag removed, ``tags`` set. The points it
+        holds count as sent, and a point at a step the run already holds for its key is not sent again: the
+        interrupted process logged it before it stopped, and training repeats the steps since its last checkpoint."""
+        self.attach(run_id)
+        run = self.client.get_run(run_id)
+        self.experiment = self.client.get_experiment(self.experiment_id).name
+        for key in run.data.metrics:
+            steps = [m.step for m in self.client.get_metric_history(run_id, key)]
+            self._sent += len(steps)
+            self._held_steps[key] = max(steps)
+        if "error" in run.data.tags:
+            self.client.delete_tag(run_id, "error")
+        self.set_tags(tags)
+        self.client.update_run(run_id, status="RUNNING")
+        Tracker.opened += 1
+        self._last_send = time.monotonic()
+        return run_id
 
     def attach(self, run_id: str) -> None:
         """Record on an existing run (a sweep's parent, from the process that opened it)."""
@@ -226,7 +246,7 @@ class Tracker:
             point = (step, float(value))
             # Lightning adds `epoch` to every call; the same value again at the same step says nothing new (and a
             # store keeps one of two identical points, so sent and stored counts would disagree).
-            if self._last.get(key) != point:
+            if self._last.get(key) != point and step > self._held_steps.get(key, -1):
                 self._last[key] = point
                 self._buffer.append(Metric(key, point[1], now, step))
         if time.monotonic() - self._last_send >= self.flush_every_s:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -25,7 +26,7 @@ from rmlab.errors import ConfigError, check
 from rmlab.generation_config import GenerationConfig
 
 GROUPS = ("task", "model", "loss", "reward", "feedback", "generation", "optimizer", "trainer", "logger")
-ROOT_KEYS = (*GROUPS, "seed", "experiment", "run_name", "optuna")  # optuna: set by the Optuna sweeper per trial
+ROOT_KEYS = (*GROUPS, "seed", "experiment", "run_name", "resume", "optuna")  # optuna: set by the Optuna sweeper per trial
 MAX_SEED = 2**32 - 1  # what numpy's and Lightning's seeding accept
 
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64")
@@ -41,7 +42,7 @@ TRAINER_KEYS: dict[str, Any] = {
     "log_every_n_steps": None, "check_val_every_n_epoch": None, "fast_dev_run": None, "limit_train_batches": None,
     "steps_per_chunk": None, "enable_progress_bar": None,
     "early_stopping": {"enabled": None, "patience": None, "min_delta": None},
-    "checkpoint": {"enabled": None},
+    "checkpoint": {"enabled": None, "every_n_epochs": None},
 }
 _SCHEDULER_KEYS = {"name": None, "step_size": None, "gamma": None, "min_lr": None}
 _OPTIMIZER_COMMON = {"name": None, "lr": None, "weight_decay": None, "scheduler": _SCHEDULER_KEYS}
@@ -127,6 +128,11 @@ def validate_root(cfg: Mapping[str, Any]) -> None:
     name = cfg.get("run_name")
     check(name is None or (isinstance(name, str) and name.strip() != ""),
           f"run_name must be null (the default name) or a non-empty name, got {name!r}")
+    resume = cfg.get("resume")
+    # A run id of digits (and at most one e) reads as a number on the command line: quoting keeps it text.
+    check(resume is None or (isinstance(resume, str) and re.fullmatch(r"[0-9A-Za-z_-]+", resume) is not None),
+          f"resume must be null or the MLflow run id of the run to continue (quote an id that reads as a number: "
+          f"resume=\"'0123...'\"), got {resume!r}")
 
 
 def check_devices(devices: Any) -> None:
@@ -184,6 +190,7 @@ def validate_trainer(trainer: Mapping[str, Any]) -> None:
     check_int("trainer.early_stopping.patience", stop["patience"], 1)
     check_real("trainer.early_stopping.min_delta", stop["min_delta"], 0)
     check_bool("trainer.checkpoint.enabled", trainer["checkpoint"]["enabled"])
+    check_int("trainer.checkpoint.every_n_epochs", trainer["checkpoint"]["every_n_epochs"], 0)
 
 
 def validate_optimizer(cfg: Mapping[str, Any]) -> None:
