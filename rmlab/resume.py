@@ -66,9 +66,10 @@ def _same(a: str, b: str) -> bool:
         return False
 
 
-def resume_point(cfg: DictConfig, client: Any) -> ResumePoint:
+def resume_point(cfg: DictConfig, client: Any, check_status: bool = True) -> ResumePoint:
     """Check that ``cfg.resume`` names a run this command can continue (see the module docstring); ConfigError if
-    not. ``client``: an MlflowClient on the run's store (which exists: the caller checked)."""
+    not. ``client``: an MlflowClient on the run's store (which exists: the caller checked). ``check_status`` False
+    skips the run's status (a DDP rank other than 0, started after rank 0 reopened the run)."""
     from mlflow.exceptions import MlflowException
 
     from rmlab.tracking import flatten
@@ -80,7 +81,9 @@ def resume_point(cfg: DictConfig, client: Any) -> ResumePoint:
         raise ConfigError(f"resume={run_id}: no such run in the tracking store (give the run id MLflow shows, "
                           "from the same logger.tracking_uri)") from None
     status, tags = run.info.status, run.data.tags
-    if status == "RUNNING":
+    if not check_status:
+        pass
+    elif status == "RUNNING":
         alive = processes.recorded_alive(tags)
         if alive is not False:
             where = f"{tags.get(processes.HOST_TAG)}:{tags.get(processes.PID_TAG)}"

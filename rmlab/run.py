@@ -199,7 +199,7 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
 
     module, data = _module_and_data(cfg, parts)
     out = output_dir()
-    last = last_checkpoint_path(cfg, tracker, out, point)
+    last = last_checkpoint_path(cfg, out, point)
     if point is not None:  # the same run goes on: its tags stay, but for the process that now owns it
         from rmlab.resume import LAST_TAG, RESUMED_TAG
 
@@ -218,6 +218,8 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
     with life:  # the run exists from here on, and is closed with its status whatever happens
         if tracker is not None and point is None:  # a resumed run has them already
             _record_config(tracker, cfg, datasets, last)
+        if last is not None:  # in the job's log, where a requeued job (SLURM) finds it
+            log.info(f"rmlab: run {life.run_id}; if it is interrupted, continue it with resume={life.run_id}")
         started = time.perf_counter()
         trainer.fit(module, datamodule=data, **fit_from(point))
         fit_s = time.perf_counter() - started
@@ -262,13 +264,16 @@ def resume_point_of(cfg: DictConfig, context: dict[str, Any]) -> ResumePoint | N
     if is_http(uri):
         bound_http_retries()
         check_reachable(uri)
-    return resume_point(cfg, open_client(uri))
+    # Under DDP the other ranks start once rank 0 has reopened the run: RUNNING, in a live process, is right then.
+    return resume_point(cfg, open_client(uri), check_status=global_rank() == 0)
 
 
-def last_checkpoint_path(cfg: DictConfig, tracker, out: Path, point: ResumePoint | None) -> Path | None:
+def last_checkpoint_path(cfg: DictConfig, out: Path, point: ResumePoint | None) -> Path | None:
     """Where this run writes its last.ckpt: none for an untracked run (nothing could resume it) or with
-    ``trainer.checkpoint.every_n_epochs=0``; a resumed run goes on writing the file it resumed from."""
-    if tracker is None or not cfg.trainer.checkpoint.every_n_epochs:
+    ``trainer.checkpoint.every_n_epochs=0``; a resumed run goes on writing the file it resumed from. Under DDP every
+    rank takes part in writing it (rank 0 writes), though only rank 0 tracks the run."""
+    tracked = cfg.logger.get("name") == "mlflow" and not cfg.trainer.get("fast_dev_run")
+    if not tracked or not cfg.trainer.checkpoint.every_n_epochs:
         return None
     return point.checkpoint if point is not None else out / "checkpoints" / "last.ckpt"
 
