@@ -16,7 +16,6 @@ that was never interrupted.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ def rng_state() -> dict[str, Any]:
     version, words, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
-        "python": {"version": version, "state": list(words), "gauss_next": gauss},
+        "python": {"version": version, "state": torch.tensor(words, dtype=torch.int64), "gauss_next": gauss},
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state(),
@@ -45,7 +44,7 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what ``rng_state`` returned."""
     py = state["python"]
-    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss_next"]))
     npy = state["numpy"]
     np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
                          npy["cached_gaussian"]))
@@ -74,14 +73,9 @@ class LastCheckpoint(Checkpoint):
             self.saved_epoch = epoch
 
     def save(self, trainer: pl.Trainer) -> None:
-        """Write the checkpoint (every rank takes part; the global rank 0 writes), atomically: an interruption while
-        it is written leaves the previous one whole."""
-        partial = self.path.with_name(self.path.name + ".partial")
-        if trainer.is_global_zero:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(partial)
-        if trainer.is_global_zero:
-            os.replace(partial, self.path)
+        """Write the checkpoint: every rank takes part, the global rank 0 writes. Lightning writes it atomically (a
+        temporary file, then a rename), so an interruption while it is written leaves the previous one whole."""
+        trainer.save_checkpoint(self.path)
 
     def state_dict(self) -> dict[str, Any]:
         loader = self._trainer.train_dataloader if self._trainer is not None else None
