@@ -21,7 +21,7 @@ from rmlab.resume import LAST_TAG, RESUMED_TAG
 from rmlab.run import train
 from rmlab.signals import Interrupted
 from rmlab.tracking import POINTS_TAG
-from tests.conftest import PYTHON, cli_env, compose_config
+from tests.conftest import PYTHON, REPO, cli_env, compose_config
 
 # wine: 124 training rows in batches of 16, 8 optimizer steps an epoch.
 RUN = ["task=wine", "task.batch_size=16", "trainer.max_epochs=5", "trainer.enable_progress_bar=false",
@@ -31,11 +31,12 @@ RUN = ["task=wine", "task.batch_size=16", "trainer.max_epochs=5", "trainer.enabl
 STEPS_PER_EPOCH = 8
 
 
-def interrupted(cfg, step: int) -> None:
+def interrupted(cfg, step: int, module: type | None = None) -> None:
     """Train ``cfg``, sending this process SIGTERM when training reaches optimizer step ``step``."""
     from rmlab.module import ObjectiveModule
 
-    original = ObjectiveModule.training_step
+    module = module or ObjectiveModule
+    original = module.training_step
 
     def training_step(self, chunk, chunk_idx):
         if self.global_step == step:
@@ -43,7 +44,7 @@ def interrupted(cfg, step: int) -> None:
         return original(self, chunk, chunk_idx)
 
     with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupted):
-        patch.setattr(ObjectiveModule, "training_step", training_step)
+        patch.setattr(module, "training_step", training_step)
         train(cfg)
 
 
@@ -78,22 +79,27 @@ def tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
     return flat
 
 
-@pytest.mark.slow
-def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(workdir):
+def assert_resumed_equals_whole(workdir: Path, overrides: list[str], module: type | None = None) -> None:
+    """Train ``overrides`` whole; train them again, interrupted by SIGTERM in the middle of an epoch past the first,
+    then resumed: the same run, the same numbers."""
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    whole = train(compose_config(*RUN, "experiment=whole"))
+    whole = train(compose_config(*overrides, "experiment=whole"))
     whole_run = client.get_run(whole["run_id"])
+    steps = max(s for s, _ in histories(client, whole["run_id"])["train/loss_step"])
+    epochs = int(whole_run.data.params["trainer.max_epochs"])
+    per_epoch = steps // epochs
+    at = epochs // 2 * per_epoch + per_epoch // 2  # in the middle of an epoch past the first
+    assert per_epoch >= 4
 
-    interrupted(compose_config(*RUN, "experiment=cut"), 2 * STEPS_PER_EPOCH + 3)  # epoch 2, its fourth step
+    interrupted(compose_config(*overrides, "experiment=cut"), at, module)
     cut = only_run(client, "cut")
     run_id = cut.info.run_id
     assert cut.info.status == "KILLED" and cut.data.tags["error"] == "interrupted (SIGTERM)"
     last = Path(cut.data.tags[LAST_TAG])
-    assert torch.load(last, weights_only=True)["epoch"] == 1  # the last whole epoch
-    steps_before = max(s for s, _ in histories(client, run_id)["train/loss_step"])
-    assert steps_before > 2 * STEPS_PER_EPOCH  # the interrupted epoch had logged steps of its own
+    assert torch.load(last, weights_only=True)["global_step"] == epochs // 2 * per_epoch  # the last whole epoch
+    assert max(s for s, _ in histories(client, run_id)["train/loss_step"]) > at - 1  # the cut epoch logged steps
 
-    resumed = train(compose_config(*RUN, "experiment=cut", f"resume={run_id}", "logger.flush_every_s=0.5"))
+    resumed = train(compose_config(*overrides, "experiment=cut", f"resume={run_id}", "logger.flush_every_s=0.5"))
     assert resumed["run_id"] == run_id and len(client.search_runs([cut.info.experiment_id])) == 1
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and "error" not in run.data.tags
@@ -109,6 +115,24 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(workdir):
     assert ours.keys() == theirs.keys() and any("callbacks" in k for k in ours)
     for key in theirs:
         assert torch.equal(ours[key], theirs[key]), key
+
+
+@pytest.mark.slow
+def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(workdir):
+    assert_resumed_equals_whole(workdir, RUN)
+
+
+@pytest.mark.slow
+def test_a_language_model_run_resumes_exactly_too(workdir):
+    """A causal LM with sampled evaluation: its own batch order, generation seeds and token metrics."""
+    from rmlab.sequence_module import SequenceModule
+
+    tiny = [f"hydra.searchpath=[file://{REPO}/tests/conf]", "task=tiny_reverse", "task.max_length=3",
+            "reward=tiny_exact_match", "model=causal_lm", "model.width=32", "model.max_length=16",
+            "generation=sample", "generation.max_new_tokens=6", "trainer.max_epochs=3", "trainer.steps_per_chunk=1",
+            "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "trainer.num_threads=1",
+            "logger.log_model=false"]
+    assert_resumed_equals_whole(workdir, tiny, SequenceModule)
 
 
 @pytest.mark.slow
