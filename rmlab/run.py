@@ -219,7 +219,8 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         if tracker is not None and point is None:  # a resumed run has them already
             _record_config(tracker, cfg, datasets, last)
         if last is not None:  # in the job's log, where a requeued job (SLURM) finds it
-            log.info(f"rmlab: run {life.run_id}; if it is interrupted, continue it with resume={life.run_id}")
+            since = f" goes on from {point.checkpoint}" if point is not None else ""
+            log.info(f"rmlab: run {life.run_id}{since}; if it is interrupted, continue it with resume={life.run_id}")
         started = time.perf_counter()
         trainer.fit(module, datamodule=data, **fit_from(point))
         fit_s = time.perf_counter() - started
