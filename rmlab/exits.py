@@ -88,7 +88,7 @@ def _ended(err: BaseException, full: bool) -> int:
     if sweep_parent.is_hydra_config_error(err):
         print(f"rmlab: error: {hydra_error_line(err)}", file=sys.stderr)
         return 2
-    if isinstance(err, ConfigError):
+    if isinstance(err, ConfigError) or _bad_flags(err):
         print(f"rmlab: error: {redact(str(err))}", file=sys.stderr)
         return 2
     if isinstance(err, RmlabError):
@@ -104,6 +104,17 @@ def _ended(err: BaseException, full: bool) -> int:
         return sweep_code or 1
     traceback.print_exception(err)
     return sweep_code or 1
+
+
+def _bad_flags(err: BaseException) -> bool:
+    """Hydra refusing the command line's flags before any job (``-m --cfg job``: "Only one of --run, --multirun, ...
+    can be specified"), which it raises as a bare ValueError from its own code."""
+    from rmlab import jobs
+
+    if not isinstance(err, ValueError) or jobs.task_started:
+        return False
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and f"{os.sep}hydra{os.sep}" in frames[-1].filename
 
 
 # -- Hydra's errors in one line ------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ def test_unknown_group_option_names_the_choices(tmp_path):
                     "feedback, generation, optimizer, trainer, logger, seed, experiment, run_name"),
     ("sed=3", "sed is not a key of the config: did you mean seed?"),
     ("seed=[", "no viable alternative at input '['"),
+    ("-m --cfg job", "Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified"),
 ])
 def test_hydra_errors_are_one_line_with_exit_code_2(tmp_path, override, line):
     done = rmlab(*override.split(), cwd=tmp_path)
