@@ -2,7 +2,9 @@
 
 ``LastCheckpoint`` is a Lightning ``Checkpoint`` callback: Lightning calls it at an epoch's end after the module's own
 epoch-end hook (the train metrics logged, the scheduler stepped) and after ``rmlab.checkpoint.Validation``, so the
-file holds a whole epoch. Every ``every_n_epochs`` epochs it writes Lightning's own checkpoint (``Trainer.
+file holds a whole epoch. Every ``every_n_epochs`` epochs, once at least ``min_interval_s`` seconds of training have
+passed since the last write (or the start: a write costs about 10 ms even for a small MLP, as much as an epoch of a
+small model, so short runs write none), it writes Lightning's own checkpoint (``Trainer.
 save_checkpoint``: weights, optimizer, scheduler, the loops' epoch and step, each callback's ``state_dict``, among
 them Validation's best-so-far weights and scores) with its own state added: the random states of Python, numpy and
 torch (CPU and CUDA) and the generator that orders the training batches, and whether training was stopping (early
@@ -17,6 +19,7 @@ that was never interrupted.
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +59,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 class LastCheckpoint(Checkpoint):
     """Write ``path`` every ``every_n_epochs`` epochs (see the module docstring); restore its extra state on resume."""
 
-    def __init__(self, path: Path, every_n_epochs: int) -> None:
+    def __init__(self, path: Path, every_n_epochs: int, min_interval_s: float = 0.0) -> None:
         self.path = Path(path)
         self.every_n_epochs = every_n_epochs
+        self.min_interval_s = min_interval_s
+        self._since = time.monotonic()  # of the last write, or of the start of training
         self.saved_epoch: int | None = None  # the last epoch written by this process
         self._trainer: pl.Trainer | None = None
         self._restored: dict[str, Any] | None = None
@@ -68,9 +73,14 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if (epoch + 1) % self.every_n_epochs == 0:
+        if (epoch + 1) % self.every_n_epochs:
+            return
+        # Every rank must take the same decision (writing is collective): rank 0's clock decides, as in Lightning's
+        # own ModelCheckpoint(train_time_interval=...).
+        if trainer.strategy.broadcast(time.monotonic() - self._since >= self.min_interval_s):
             self.save(trainer)
             self.saved_epoch = epoch
+            self._since = time.monotonic()
 
     def save(self, trainer: pl.Trainer) -> None:
         """Write the checkpoint: every rank takes part, the global rank 0 writes. Lightning writes it atomically (a
@@ -87,6 +97,7 @@ class LastCheckpoint(Checkpoint):
         self._restored = state_dict  # applied once training starts, after Lightning has built the training batches
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._since = time.monotonic()
         if self._restored is None:
             return
         state, self._restored = self._restored, None

@@ -28,7 +28,7 @@ RESUMED_TAG = "rmlab.resumed_from"  # set on a resumed run: the checkpoint it we
 # Keys that do not change the numbers a run produces: where and how it is recorded, how it is shown, how often it
 # is checkpointed. Every other key must be the run's own.
 FREE_KEYS = ("resume", "run_name", "experiment", "trainer.enable_progress_bar", "trainer.num_threads",
-             "trainer.checkpoint.every_n_epochs")
+             "trainer.checkpoint.every_n_epochs", "trainer.checkpoint.min_interval_s")
 FREE_PREFIXES = ("logger.",)
 RESUMABLE = ("KILLED", "FAILED")
 
@@ -99,8 +99,9 @@ def resume_point(cfg: DictConfig, client: Any, check_status: bool = True) -> Res
                           "trainer.checkpoint.every_n_epochs=0, or stopped before its first checkpoint)")
     checkpoint = Path(tags[LAST_TAG])
     if not checkpoint.is_file():
-        raise ConfigError(f"resume={run_id}: its last.ckpt {checkpoint} does not exist (it is written after the run's "
-                          "first whole epoch, on the machine that ran it)")
+        raise ConfigError(f"resume={run_id}: its last.ckpt {checkpoint} does not exist (it is written at the end of "
+                          "an epoch once trainer.checkpoint.min_interval_s seconds of training have passed, on the "
+                          "machine that ran the run)")
     current = flatten(OmegaConf.to_container(cfg, resolve=True))
     differences = config_differences(run.data.params, current)
     if differences:

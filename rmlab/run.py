@@ -284,7 +284,8 @@ def last_checkpoint_callbacks(cfg: DictConfig, path: Path | None) -> list:
         return []
     from rmlab.last_checkpoint import LastCheckpoint
 
-    return [LastCheckpoint(path, cfg.trainer.checkpoint.every_n_epochs)]
+    every = cfg.trainer.checkpoint
+    return [LastCheckpoint(path, every.every_n_epochs, every.min_interval_s)]
 
 
 def fit_from(point: ResumePoint | None) -> dict[str, Any]:

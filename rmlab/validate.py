@@ -42,7 +42,7 @@ TRAINER_KEYS: dict[str, Any] = {
     "log_every_n_steps": None, "check_val_every_n_epoch": None, "fast_dev_run": None, "limit_train_batches": None,
     "steps_per_chunk": None, "enable_progress_bar": None,
     "early_stopping": {"enabled": None, "patience": None, "min_delta": None},
-    "checkpoint": {"enabled": None, "every_n_epochs": None},
+    "checkpoint": {"enabled": None, "every_n_epochs": None, "min_interval_s": None},
 }
 _SCHEDULER_KEYS = {"name": None, "step_size": None, "gamma": None, "min_lr": None}
 _OPTIMIZER_COMMON = {"name": None, "lr": None, "weight_decay": None, "scheduler": _SCHEDULER_KEYS}
@@ -191,6 +191,7 @@ def validate_trainer(trainer: Mapping[str, Any]) -> None:
     check_real("trainer.early_stopping.min_delta", stop["min_delta"], 0)
     check_bool("trainer.checkpoint.enabled", trainer["checkpoint"]["enabled"])
     check_int("trainer.checkpoint.every_n_epochs", trainer["checkpoint"]["every_n_epochs"], 0)
+    check_real("trainer.checkpoint.min_interval_s", trainer["checkpoint"]["min_interval_s"], 0)
 
 
 def validate_optimizer(cfg: Mapping[str, Any]) -> None:

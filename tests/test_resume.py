@@ -27,7 +27,7 @@ from tests.conftest import PYTHON, REPO, cli_env, compose_config
 RUN = ["task=wine", "task.batch_size=16", "trainer.max_epochs=5", "trainer.enable_progress_bar=false",
        "trainer.num_threads=1", "trainer.steps_per_chunk=1", "trainer.log_every_n_steps=1", "model.dropout=0.2",
        "feedback=reinforce", "feedback.baseline=moving_average", "optimizer.scheduler.name=cosine",
-       "logger.log_model=false"]
+       "logger.log_model=false", "trainer.checkpoint.min_interval_s=0"]
 STEPS_PER_EPOCH = 8
 
 
@@ -131,7 +131,7 @@ def test_a_language_model_run_resumes_exactly_too(workdir):
             "reward=tiny_exact_match", "model=causal_lm", "model.width=32", "model.max_length=16",
             "generation=sample", "generation.max_new_tokens=6", "trainer.max_epochs=3", "trainer.steps_per_chunk=1",
             "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "trainer.num_threads=1",
-            "logger.log_model=false"]
+            "logger.log_model=false", "trainer.checkpoint.min_interval_s=0"]
     assert_resumed_equals_whole(workdir, tiny, SequenceModule)
 
 
@@ -143,7 +143,8 @@ def test_what_cannot_be_resumed_is_one_line_before_anything_is_created(workdir):
     interrupted(compose_config(*short), STEPS_PER_EPOCH + 2)
     killed = [r for r in client.search_runs([client.get_experiment_by_name("e").experiment_id])
               if r.info.status == "KILLED"][0].info.run_id
-    interrupted(compose_config(*short), 2)  # before its first whole epoch: no last.ckpt yet
+    # Past its first epoch, but not min_interval_s (default 30) of training: no last.ckpt yet.
+    interrupted(compose_config(*[o for o in short if "min_interval_s" not in o]), STEPS_PER_EPOCH + 2)
     early = [r for r in client.search_runs([client.get_experiment_by_name("e").experiment_id])
              if r.info.status == "KILLED" and r.info.run_id != killed][0].info.run_id
     runs_before = len(client.search_runs([client.get_experiment_by_name("e").experiment_id]))
@@ -151,7 +152,7 @@ def test_what_cannot_be_resumed_is_one_line_before_anything_is_created(workdir):
     cases = [
         ([*short, "resume=0123abcd"], "resume=0123abcd: no such run in the tracking store"),
         ([*short, f"resume={finished}"], "the run is FINISHED; only an interrupted run (KILLED or FAILED)"),
-        ([*short, f"resume={early}"], "does not exist (it is written after the run's first whole epoch"),
+        ([*short, f"resume={early}"], "does not exist (it is written at the end of an epoch once"),
         ([*short, f"resume={killed}", "optimizer.lr=0.01"],
          "the config differs from the run's in keys that decide the result (optimizer.lr: 0.001 -> 0.01)"),
         ([o for o in short if not o.startswith("logger.")] + [f"resume={killed}", "logger=none"],
@@ -181,6 +182,8 @@ def test_resume_and_every_n_epochs_are_validated():
     for override, message in [("resume=12", "resume must be null or the MLflow run id"),
                               ("resume='a b'", "resume must be null or the MLflow run id"),
                               ("trainer.checkpoint.every_n_epochs=-1",
-                               "trainer.checkpoint.every_n_epochs must be an integer >= 0")]:
+                               "trainer.checkpoint.every_n_epochs must be an integer >= 0"),
+                              ("trainer.checkpoint.min_interval_s=-1",
+                               "trainer.checkpoint.min_interval_s must be a number >= 0")]:
         with pytest.raises(ConfigError, match=message):
             validate_config(compose_config("task=wine", override))
