@@ -64,7 +64,6 @@ class LastCheckpoint(Checkpoint):
         self.every_n_epochs = every_n_epochs
         self.min_interval_s = min_interval_s
         self._since = time.monotonic()  # of the last write, or of the start of training
-        self.saved_epoch: int | None = None  # the last epoch written by this process
         self._trainer: pl.Trainer | None = None
         self._restored: dict[str, Any] | None = None
 
@@ -72,14 +71,12 @@ class LastCheckpoint(Checkpoint):
         self._trainer = trainer
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        if (epoch + 1) % self.every_n_epochs:
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         # Every rank must take the same decision (writing is collective): rank 0's clock decides, as in Lightning's
         # own ModelCheckpoint(train_time_interval=...).
         if trainer.strategy.broadcast(time.monotonic() - self._since >= self.min_interval_s):
             self.save(trainer)
-            self.saved_epoch = epoch
             self._since = time.monotonic()
 
     def save(self, trainer: pl.Trainer) -> None:
