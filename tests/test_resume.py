@@ -165,13 +165,14 @@ def test_what_cannot_be_resumed_is_one_line_before_anything_is_created(workdir):
     assert len(client.search_runs([client.get_experiment_by_name("e").experiment_id])) == runs_before
     assert client.get_run(killed).info.status == "KILLED"
 
-    # A setting that only changes how the run is shown or recorded is free; on the command line, exit status 2.
+    # On the command line: exit status 2 and that one line.
     done = subprocess.run([PYTHON, "-m", "rmlab", *short, f"resume={killed}", "seed=1"], cwd=workdir,
                           env=cli_env(), capture_output=True, text=True, timeout=300)
     line = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 2 and line.startswith(
         f"rmlab: error: resume={killed}: the config differs from the run's in keys that decide the result (") and (
         "; seed: 0 -> 1;" in line)
+    # A setting that only changes how the run is named or recorded is free.
     resumed = train(compose_config(*short, f"resume={killed}", "run_name=again", "logger.log_model=true"))
     assert resumed["run_id"] == killed and client.get_run(killed).info.status == "FINISHED"
 
