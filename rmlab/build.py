@@ -17,7 +17,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from rmlab.errors import ConfigError, IncompatibleError, check
-from rmlab.kinds import FEATURES, SEQUENCE, TaskInfo
+from rmlab.kinds import FEATURES, SEQUENCE, SEQUENCE_PAIR, TaskInfo
 from rmlab.models import KindHead, output_dim
 from rmlab.paths import CONFIG_DIR
 from rmlab.validate import validate_config
@@ -35,6 +35,7 @@ class Components:
     feedback: Any  # None when feedback=none
     generation: Any = None  # sequence tasks: the evaluation's GenerationConfig
     splits: Any = None  # sequence tasks: the tokenised splits (rmlab.sequence_data.TokenizedSplit)
+    init_from: str | None = None  # where the model's weights came from (``init_from``), as recorded on the run
 
 
 def instantiate(group: str, node: DictConfig | dict, **extra: Any) -> Any:
@@ -129,8 +130,15 @@ def _require(group: str, name: str, offered: tuple, needed: str, info: TaskInfo,
 
 
 def check_accepts(group: str, name: str, component: Any, info: TaskInfo) -> None:
-    """A loss or reward must accept the task's output kind."""
-    _require(group, name, component.accepts, info.output_kind, info, "model outputs", "accepts")
+    """A loss or reward must accept the task's output kind. A component that has a counterpart for another kind
+    says so in ``kind_hints`` (output kind -> what to use instead), added to the error."""
+    try:
+        _require(group, name, component.accepts, info.output_kind, info, "model outputs", "accepts")
+    except IncompatibleError as err:
+        hint = getattr(component, "kind_hints", {}).get(info.output_kind)
+        if hint is None:
+            raise
+        raise IncompatibleError(f"{err} ({hint})") from None
 
 
 def check_model_input(model_cfg: DictConfig, info: TaskInfo) -> None:
@@ -197,7 +205,12 @@ def build_components(cfg: DictConfig) -> Components:
     check_accepts("reward", cfg.reward.name, reward, info)
     loss.check_task(info)
     reward.check_task(info)
-    if info.output_kind == SEQUENCE:
+    if info.output_kind == SEQUENCE_PAIR and cfg.feedback.name != "none":
+        raise IncompatibleError(
+            f"feedback={cfg.feedback.name} does not work on task={info.name}: a task of preference pairs trains on "
+            "its pairs offline (loss=dpo|simpo|orpo), with no reward fed back. Choices of feedback that work on "
+            f"task={info.name}: none")
+    if info.output_kind in (SEQUENCE, SEQUENCE_PAIR):
         from rmlab.sequence_build import build_sequence
 
         return build_sequence(cfg, task, info, loss, reward)
@@ -207,5 +220,17 @@ def build_components(cfg: DictConfig) -> Components:
         feedback.check(reward, info)
     check_model_input(cfg.model, info)
     net = instantiate("model", cfg.model, input_dim=info.input_dim, output_dim=output_dim(info))
-    return Components(task=task, info=info, model=KindHead(net, info.output_kind), loss=loss, reward=reward,
-                      feedback=feedback)
+    model = KindHead(net, info.output_kind)
+    return Components(task=task, info=info, model=model, loss=loss, reward=reward, feedback=feedback,
+                      init_from=initialise_model(cfg, model))
+
+
+def initialise_model(cfg: DictConfig, model: Any) -> str | None:
+    """Load ``init_from`` (an earlier run's weights) into the freshly built model; return the source's label."""
+    value = cfg.get("init_from")
+    if value is None:
+        return None
+    from rmlab.init_from import initialise
+
+    return initialise(model, value, OmegaConf.to_container(cfg.model, resolve=True),
+                      cfg.logger.get("tracking_uri"))

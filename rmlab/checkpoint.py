@@ -97,11 +97,12 @@ class Validation(pl.Callback):
         if self.state is not None:
             module.load_state_dict(self.state)
 
-    def save(self, path: Path) -> Path | None:
-        """Write the best weights with their epoch and score; returns the file, or None if none were kept."""
+    def save(self, path: Path, extra: dict[str, Any] | None = None) -> Path | None:
+        """Write the best weights with their epoch and score (and ``extra`` entries: plain values, loadable with
+        ``weights_only=True``); returns the file, or None if none were kept."""
         if self.state is None:
             return None
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"state_dict": {k: v.cpu() for k, v in self.state.items()}, "epoch": self.best_epoch,
-                    MONITOR: self.best_score}, path)
+                    MONITOR: self.best_score, **(extra or {})}, path)
         return path

@@ -24,7 +24,7 @@ from torch import Tensor
 from rmlab.generation_config import GenerationConfig
 from rmlab.sequence import Tokenizer
 
-__all__ = ["Generation", "GenerationConfig", "decode", "generate"]
+__all__ = ["Generation", "GenerationConfig", "decode", "decode_ids", "generate"]
 
 
 class Generation(NamedTuple):
@@ -112,8 +112,13 @@ def _pick(logits: Tensor, do_sample: bool, temperature: float, top_k: int, top_p
 
 def decode(tokenizer: Tokenizer, generation: Generation) -> list[str]:
     """The completion text of each row: its tokens up to (not including) EOS, special tokens dropped."""
-    rows = generation.ids.tolist()
-    lengths = generation.mask.sum(1).tolist()
+    return decode_ids(tokenizer, generation.ids, generation.mask)
+
+
+def decode_ids(tokenizer: Tokenizer, ids: Tensor, mask: Tensor) -> list[str]:
+    """``decode`` of completion ``ids`` (B, N) with their ``mask`` (True up to and including the first EOS)."""
+    rows = ids.tolist()
+    lengths = mask.sum(1).tolist()
     texts = []
     for row, length in zip(rows, lengths):
         row = row[:length]

@@ -11,7 +11,9 @@
   is ``rmlab.losses.preference_lm.PairLogps``: the policy's summed log-probs of the chosen and rejected completions
   and their token counts, each (B,), from its logits over the batch ``[chosen rows; rejected rows]``
   (``pair_logps``); the target is the frozen reference policy's ``PairLogps`` of the same pairs (computed once per
-  dataset and cached), or None for a reference-free loss (``needs_reference = False``).
+  dataset and cached), or None for a reference-free loss (``needs_reference = False``). The tasks
+  (``rmlab.tasks.sequence_preference``) yield ``rmlab.sequence_pairs.PairExample``; evaluation generates from the
+  prompts and scores with the ``sequence`` kind's text rewards, against the chosen completion.
 
 Input types: ``features`` (float (B, D), or (B, 2, D) for pairs), ``tokens`` (int64 token ids (B, L), or
 (B, 2, L) for pairs) which only a text model accepts, or ``text`` (prompts and completions as strings, tokenised by

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmlab.console import compact_config, result_block
 from rmlab.errors import ConfigError
-from rmlab.kinds import SEQUENCE
+from rmlab.kinds import SEQUENCE, SEQUENCE_PAIR
 from rmlab.provenance import command_line, command_overrides, job_context, run_name, run_tags
 from rmlab.validate import validate_config
 
@@ -200,10 +200,11 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
     module, data = _module_and_data(cfg, parts)
     out = output_dir()
     last = last_checkpoint_path(cfg, out, point)
-    if point is not None:  # the same run goes on: its tags stay, but for the process that now owns it
+    if point is not None:  # the same run goes on: its tags stay, but for this process and its output folder
         from rmlab.resume import LAST_TAG, RESUMED_TAG
 
         tags = {RESUMED_TAG: str(point.checkpoint), **({LAST_TAG: str(last)} if last is not None else {})}
+    tags = {**tags, **source_tags(parts, out)}
     life = RunLifecycle(tracker, run_name(cfg), tags, parent_run_id, reopen=point.run_id if point else None)
     callbacks = make_callbacks(cfg, data) + last_checkpoint_callbacks(cfg, last)
     validation = callbacks[0]
@@ -227,7 +228,8 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         validation.restore(module)  # test the weights with the best val/reward (if kept)
         results: dict[str, Any] = module.evaluate("test", data.test_batches())
         results.update(selection_metrics(validation))
-        saved = validation.save(out / "checkpoints" / "best.ckpt") if trainer.is_global_zero else None
+        extra = checkpoint_extra(cfg)
+        saved = validation.save(out / "checkpoints" / "best.ckpt", extra) if trainer.is_global_zero else None
         if tracker is not None and cfg.logger.log_checkpoint and saved is not None:
             tracker.upload(f"the checkpoint {saved.name}", tracker.log_artifact, saved, "checkpoints")
         # Throughput of the whole fit (training, per-epoch validation, logging): what the benchmark compares.
@@ -240,6 +242,24 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
             _log_outcome(tracker, cfg, parts, results, trainer.global_step, module.first_step_time)
     results["run_id"] = life.run_id
     return results
+
+
+def source_tags(parts: Components, out: Path) -> dict[str, str]:
+    """Where the run's weights start from (``init_from``) and its output folder (where ``init_from=<this run's id>``
+    finds the best checkpoint when it was not logged as an artifact)."""
+    from rmlab.init_from import OUTPUT_DIR_TAG, TAG
+
+    tags = {OUTPUT_DIR_TAG: str(out.resolve())}
+    if parts.init_from is not None:
+        tags[TAG] = parts.init_from
+    return tags
+
+
+def checkpoint_extra(cfg: DictConfig) -> dict[str, Any]:
+    """Saved in ``best.ckpt`` beside the weights: the model config, which ``init_from`` checks a later run against."""
+    from rmlab.init_from import checkpoint_meta
+
+    return checkpoint_meta(OmegaConf.to_container(cfg.model, resolve=True))
 
 
 # -- resuming an interrupted run (resume=<run id>) ------------------------------------------------------------------
@@ -299,14 +319,24 @@ def _module_and_data(cfg: DictConfig, parts: Components):
                   log_every_n_steps=cfg.trainer.log_every_n_steps, batch_size=parts.task.batch_size,
                   gradient_clip_val=cfg.trainer.gradient_clip_val,
                   accumulate_grad_batches=cfg.trainer.accumulate_grad_batches)
+    if parts.info.output_kind == SEQUENCE_PAIR:
+        from rmlab.pair_module import PairDataModule, PreferenceModule
+
+        module = PreferenceModule(parts.model, parts.loss, parts.reward, parts.info, generation=parts.generation,
+                                  **common)
+        data = PairDataModule(parts.splits, parts.task.batch_size, parts.generation.batch_size, seed=cfg.seed,
+                              steps_per_chunk=cfg.trainer.steps_per_chunk,
+                              limit_train_batches=cfg.trainer.limit_train_batches)
+        return module, data
     if parts.info.output_kind == SEQUENCE:
         from rmlab.sequence_module import SequenceDataModule, SequenceModule
 
         module = SequenceModule(parts.model, parts.loss, parts.reward, parts.info, generation=parts.generation,
-                                **common)
+                                feedback=parts.feedback, **common)
         data = SequenceDataModule(parts.splits, parts.task.batch_size, parts.generation.batch_size, seed=cfg.seed,
                                   steps_per_chunk=cfg.trainer.steps_per_chunk,
-                                  limit_train_batches=cfg.trainer.limit_train_batches)
+                                  limit_train_batches=cfg.trainer.limit_train_batches,
+                                  prompts=parts.feedback is not None)
         return module, data
     from rmlab.data import TaskDataModule
     from rmlab.module import ObjectiveModule

@@ -8,8 +8,9 @@ training device once (``TokenizedSplit.to``).
 Batches keep the habits of ``rmlab.data``: one gather per epoch (a seeded permutation), then slices (views). Each
 batch is cut to the width of its longest row, a width computed on the host from lengths kept on the CPU, so no
 batch reads a device value. ``TrainBatches`` groups ``steps_per_chunk`` batches into one ``TokenChunk`` per
-Lightning step; ``EvalBatches`` yields ``EvalBatch`` (teacher-forced tensors, prompts and the examples, which the
-rewards score against).
+Lightning step (a ``PromptChunk``, with the prompts and examples, when reward feedback trains on them);
+``EvalBatches`` yields ``EvalBatch`` (teacher-forced tensors, prompts and the examples, which the rewards score
+against).
 """
 
 from __future__ import annotations
@@ -108,12 +109,44 @@ class TokenChunk(NamedTuple):
     tokens: int
 
 
+class ChunkExamples:
+    """The examples of a chunk's rows. Not a list: Lightning's batch transfer walks lists and refuses the frozen
+    ``TextExample`` dataclasses inside; the tensors are on the device already."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[TextExample]) -> None:
+        self.items = items
+
+    def __getitem__(self, rows: slice) -> list[TextExample]:
+        return self.items[rows]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class PromptChunk(NamedTuple):
+    """A ``TokenChunk`` with what policy optimisation needs besides: the rows' left-padded prompts (cut to the
+    chunk's longest), the longest prompt of each batch, and the examples the rewards score against."""
+
+    ids: Tensor
+    labels: Tensor
+    widths: list[int]
+    tokens: int
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    prompt_widths: list[int]
+    examples: ChunkExamples
+
+
 class TrainBatches:
     """Training chunks over a device-resident split: a new seeded permutation each epoch; under data parallelism
-    each rank takes its own contiguous share of it (as ``rmlab.data.TensorBatches``)."""
+    each rank takes its own contiguous share of it (as ``rmlab.data.TensorBatches``). With ``prompts`` the chunks
+    are ``PromptChunk`` (reward feedback generates from the prompts)."""
 
     def __init__(self, split: TokenizedSplit, batch_size: int, seed: int = 0, steps_per_chunk: int = 1,
-                 max_batches: int | None = None, rank: int = 0, world_size: int = 1) -> None:
+                 max_batches: int | None = None, rank: int = 0, world_size: int = 1, prompts: bool = False) -> None:
+        self.prompts = prompts
         self.split = split
         self.batch_size = batch_size
         self.steps_per_chunk = steps_per_chunk
@@ -139,13 +172,25 @@ class TrainBatches:
         width = max(widths)
         device_perm = perm.to(split.ids.device, non_blocking=True)
         ids, labels = split.ids[device_perm, :width], split.labels[device_perm, :width]
+        if self.prompts:
+            prompt_widths = batch_widths(split.prompt_lengths[perm], self.batch_size)
+            prompt_ids, prompt_mask = split.prompt_ids[device_perm], split.prompt_mask[device_perm]
+            full = prompt_ids.shape[1]
         for start in range(0, self.samples, self.chunk):
             stop = min(start + self.chunk, self.samples)
             first = start // self.batch_size
-            chunk_widths = widths[first:first + -(-(stop - start) // self.batch_size)]
+            count = -(-(stop - start) // self.batch_size)
+            chunk_widths = widths[first:first + count]
             high = max(chunk_widths)
-            yield TokenChunk(ids[start:stop, :high], labels[start:stop, :high], chunk_widths,
-                             int(lengths[start:stop].sum()))
+            tokens = int(lengths[start:stop].sum())
+            if not self.prompts:
+                yield TokenChunk(ids[start:stop, :high], labels[start:stop, :high], chunk_widths, tokens)
+                continue
+            chunk_prompts = prompt_widths[first:first + count]
+            cut = full - max(chunk_prompts)  # prompts are left-padded: keep the last columns
+            yield PromptChunk(ids[start:stop, :high], labels[start:stop, :high], chunk_widths, tokens,
+                              prompt_ids[start:stop, cut:], prompt_mask[start:stop, cut:], chunk_prompts,
+                              ChunkExamples([split.examples[i] for i in perm[start:stop].tolist()]))
 
 
 class EvalBatch(NamedTuple):

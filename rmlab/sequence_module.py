@@ -16,12 +16,20 @@ differs is what a batch is (``rmlab.sequence_data``) and what evaluation does:
   ``epoch`` metric) for the split's first ``generation.log_samples`` examples, appended to the run's
   ``samples/<split>.json`` at each evaluation.
 
-Training never generates, so the training split logs ``train/loss`` only (a reward on training prompts would cost a
-generation pass over the whole training set every epoch).
+Without feedback training never generates, so the training split logs ``train/loss`` only (a reward on training
+prompts would cost a generation pass over the whole training set every epoch). With reward feedback
+(``feedback=reinforce|rloo|grpo``, ``rmlab.sequence_policy``) each training batch is a batch of prompts: the step
+samples completions, scores them with the reward and updates the policy, and logs every ``log_every_n_steps``
+optimizer steps ``train/loss_step`` and the policy step's metrics as ``train/<name>`` (``sampled_reward``,
+``reward_std``, ``kl``, ``kl_sequence``, ``entropy``, ``completion_length``, ``zero_std_groups``, ``clip_fraction``,
+``pg_loss``, ``advantage_std``: those of the generation batch that ended the step), and per epoch ``train/reward``
+(the reward of the epoch's sampled completions) beside ``train/loss``. Validation and test stay greedy (the
+``generation`` settings) and select checkpoints as without feedback.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import nullcontext
 from typing import Any
@@ -32,11 +40,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rmlab.data import limited_batches
+from rmlab.errors import NonFiniteLossError
 from rmlab.generation import GenerationConfig, decode, generate
 from rmlab.kinds import TaskInfo
 from rmlab.module import SPLITS, ObjectiveModule
 from rmlab.sequence import IGNORE_INDEX
-from rmlab.sequence_data import EvalBatches, TokenChunk, TokenizedSplit, TrainBatches
+from rmlab.sequence_data import EvalBatches, PromptChunk, TokenChunk, TokenizedSplit, TrainBatches
 
 TOKEN_TERMS = ("nll", "tokens", "generated", "completions")
 
@@ -47,10 +56,15 @@ class SequenceModule(ObjectiveModule):
     def __init__(self, model: torch.nn.Module, loss: torch.nn.Module, reward: Any, info: TaskInfo,
                  optimizer: dict[str, Any], max_epochs: int, log_every_n_steps: int, batch_size: int,
                  generation: GenerationConfig, gradient_clip_val: float | None = None,
-                 accumulate_grad_batches: int = 1) -> None:
+                 accumulate_grad_batches: int = 1, feedback: Any = None) -> None:
         super().__init__(model, loss, reward, info, optimizer=optimizer, max_epochs=max_epochs,
                          log_every_n_steps=log_every_n_steps, batch_size=batch_size,
-                         gradient_clip_val=gradient_clip_val, accumulate_grad_batches=accumulate_grad_batches)
+                         gradient_clip_val=gradient_clip_val, accumulate_grad_batches=accumulate_grad_batches,
+                         feedback=feedback)
+        # The frozen reference policy (reward feedback only), made as training starts. Kept in __dict__, out of the
+        # module tree: neither trained, nor saved with the module, nor counted as its parameters.
+        self.__dict__["reference_policy"] = None
+        self._policy_logged_step = 0  # the optimizer step of the last per-step log point (reward feedback)
         self.generation = generation
         self.tokenizer = model.tokenizer
         self.tokens_trained = 0
@@ -60,8 +74,28 @@ class SequenceModule(ObjectiveModule):
     def forward(self, ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         return self.model(ids, attention_mask)
 
+    @property
+    def policy(self):
+        """The policy-optimisation algorithm of the run's feedback (None without feedback)."""
+        if self.feedback is None:
+            return None
+        from rmlab.policy import as_policy
+
+        return as_policy(self.feedback)
+
     # -- training ------------------------------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self._policy_logged_step = self.global_step
+        if self.feedback is not None and self.reference_policy is None:
+            from rmlab.sequence_policy import frozen_copy
+
+            self.__dict__["reference_policy"] = frozen_copy(self.model)
+
     def training_step(self, chunk: TokenChunk, chunk_idx: int) -> None:
+        if self.feedback is not None:
+            self._policy_training_step(chunk)
+            return
         ids, labels, widths, tokens = chunk
         if self.first_step_time is None:
             self.first_step_time = time.time()
@@ -80,6 +114,60 @@ class SequenceModule(ObjectiveModule):
             sizes.append(x.shape[0])
         self._accumulate_chunk(None, labels, torch.stack(losses).float(), sizes, steps, first_step)
 
+    def _policy_training_step(self, chunk: PromptChunk) -> None:
+        """Reward feedback: each batch of the chunk is a batch of prompts (``rmlab.sequence_policy``)."""
+        from rmlab.sequence_policy import run_policy_batch
+
+        if self.first_step_time is None:
+            self.first_step_time = time.time()
+        self.samples_trained += chunk.ids.shape[0]
+        self.tokens_trained += chunk.tokens
+        optimizer = self.optimizers()
+        algorithm = self.policy
+        full = chunk.prompt_ids.shape[1]
+        step = self.global_step
+        batches: list[tuple[int, int, Tensor, dict[str, Tensor]]] = []  # (rows, step after it, loss, metrics)
+        for index, (width, prompt_width) in enumerate(zip(chunk.widths, chunk.prompt_widths)):
+            rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+            x, y = chunk.ids[rows, :width], chunk.labels[rows, :width]
+            out = run_policy_batch(self, algorithm, self.reference_policy, x, y,
+                                   chunk.prompt_ids[rows, full - prompt_width:],
+                                   chunk.prompt_mask[rows, full - prompt_width:], chunk.examples[rows], optimizer)
+            self.metrics[0].update(out.rewards)
+            step += out.steps
+            batches.append((x.shape[0], step, out.loss, out.metrics))
+        self._book_policy_chunk(chunk.labels, batches)
+
+    def _book_policy_chunk(self, labels: Tensor, batches: list[tuple[int, int, Tensor, dict[str, Tensor]]]) -> None:
+        """The chunk's loss sums, NaN check and per-step log points, with one host read."""
+        names = sorted({name for *_, metrics in batches for name in metrics})
+        rows = torch.tensor([size for size, *_ in batches], dtype=torch.float32, device=labels.device)
+        losses = torch.stack([loss.float() for _, _, loss, _ in batches])
+        self._accumulate("train", None, labels, (losses * rows).sum())
+        table = torch.stack([torch.stack([loss.float(), *(m.get(n, loss.new_tensor(math.nan)).float()
+                                                          for n in names)]) for _, _, loss, m in batches])
+        values = table.tolist()  # the chunk's only sync
+        for (_, step, _, _), (loss, *metrics) in zip(batches, values):
+            pg_loss = metrics[names.index("pg_loss")] if "pg_loss" in names else 0.0
+            if not (math.isfinite(loss) and math.isfinite(pg_loss)):
+                what, value = ("train/loss", loss) if not math.isfinite(loss) else ("train/pg_loss", pg_loss)
+                raise NonFiniteLossError(
+                    f"{what} became {value} at step {step} (epoch {self.current_epoch}); the run is stopped. Try a "
+                    "lower optimizer.lr, trainer.gradient_clip_val, a smaller feedback.epsilon, or precision=32-true.")
+        start = self._policy_logged_step
+        for (_, step, _, _), (loss, *metrics) in zip(batches, values):
+            # Log the batch that crossed a multiple of log_every_n_steps (a batch may take several steps).
+            if step // self.log_every_n_steps > start // self.log_every_n_steps:
+                point = {"train/loss_step": loss, **{f"train/{n}": v for n, v in zip(names, metrics)
+                                                    if math.isfinite(v)}}
+                if self.logger is not None:
+                    self.logger.log_metrics(point, step=step)
+            start = step
+        self._policy_logged_step = start
+        if self.trainer.progress_bar_callback is not None and values:
+            self.log("train/sampled_reward", values[-1][1 + names.index("sampled_reward")], prog_bar=True,
+                     logger=False)
+
     def _accumulate(self, split: str, output: Tensor | None, target: Tensor, loss_sum: Tensor) -> None:
         """Add ``loss_sum`` (summed over the ``target`` rows) to the split's loss; the reward is booked apart."""
         row = self.loss_sums[SPLITS.index(split)]
@@ -94,6 +182,8 @@ class SequenceModule(ObjectiveModule):
         index = SPLITS.index(split)
         total, count = self.loss_sums[index]
         values = {f"{split}/loss": total / count.clamp_min(1)}
+        if split == "train" and self.feedback is not None:  # the reward of the completions sampled this epoch
+            values["train/reward"] = self.metrics[index].compute()
         if split != "train":
             nll, tokens, generated, completions = self.token_sums[index]
             reward = self.metrics[index].compute()
@@ -164,8 +254,10 @@ class SequenceDataModule(pl.LightningDataModule):
     """A sequence task's tokenised splits, moved to the trainer's device once, served as slices."""
 
     def __init__(self, splits: dict[str, TokenizedSplit], batch_size: int, eval_batch_size: int, seed: int,
-                 steps_per_chunk: int = 1, limit_train_batches: int | float | None = None) -> None:
+                 steps_per_chunk: int = 1, limit_train_batches: int | float | None = None,
+                 prompts: bool = False) -> None:
         super().__init__()
+        self.prompts = prompts  # training chunks carry prompts and examples (reward feedback)
         self.host_splits = splits
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -188,7 +280,7 @@ class SequenceDataModule(pl.LightningDataModule):
         fast = int(trainer.fast_dev_run) if trainer is not None else 0
         limit = fast or limited_batches(self.limit_train_batches, total)
         return TrainBatches(split, self.batch_size, seed=self.seed, steps_per_chunk=self.steps_per_chunk,
-                            max_batches=limit, rank=rank, world_size=world)
+                            max_batches=limit, rank=rank, world_size=world, prompts=self.prompts)
 
     # Evaluation runs in the module (SequenceModule.evaluate), whole on every rank, as for the other kinds.
     def val_batches(self) -> EvalBatches:

@@ -3,7 +3,7 @@
 ``validate_config(cfg)`` runs first, before torch, scikit-learn or anything else heavy is imported and before any
 seed is set, so a typo answers in about a second instead of several. It checks:
 - values nobody gave (``???`` in a config: ``task.path`` of ``task=csv``) and interpolations that do not resolve;
-- the root keys (``seed``, ``experiment``, ``run_name``) and no unknown root key;
+- the root keys (``seed``, ``experiment``, ``run_name``, ``init_from``) and no unknown root key;
 - every key of ``trainer``, ``optimizer``, ``logger`` and ``generation`` (and ``feedback=none``): unknown keys are an
   error listing the valid ones, as for the components built from a ``_target_``; each value's type, range and
   finiteness.
@@ -26,7 +26,8 @@ from rmlab.errors import ConfigError, check
 from rmlab.generation_config import GenerationConfig
 
 GROUPS = ("task", "model", "loss", "reward", "feedback", "generation", "optimizer", "trainer", "logger")
-ROOT_KEYS = (*GROUPS, "seed", "experiment", "run_name", "resume", "optuna")  # optuna: set by the Optuna sweeper per trial
+# optuna: set by the Optuna sweeper per trial
+ROOT_KEYS = (*GROUPS, "seed", "experiment", "run_name", "init_from", "resume", "optuna")
 MAX_SEED = 2**32 - 1  # what numpy's and Lightning's seeding accept
 
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64")
@@ -128,6 +129,10 @@ def validate_root(cfg: Mapping[str, Any]) -> None:
     name = cfg.get("run_name")
     check(name is None or (isinstance(name, str) and name.strip() != ""),
           f"run_name must be null (the default name) or a non-empty name, got {name!r}")
+    source = cfg.get("init_from")
+    check(source is None or (isinstance(source, str) and source.strip() != "" and source == source.strip()),
+          f"init_from must be null (fresh weights), an MLflow run id, a run's output folder or a checkpoint file "
+          f"(a string; quote a run id of digits only: init_from=\"'0123...'\"), got {source!r}")
     resume = cfg.get("resume")
     # A run id of digits (and at most one e) reads as a number on the command line: quoting keeps it text.
     check(resume is None or (isinstance(resume, str) and re.fullmatch(r"[0-9A-Za-z_-]+", resume) is not None),

@@ -24,9 +24,11 @@ PAIR_OPTIONS = {
     "reward": {"preference_accuracy", "reward_margin", "true_reward_spearman", "preference_neg_ece"},
 }
 NEED_A_PATH = {"csv", "preference_file"}
-# Language-model options that no packaged task trains yet: they compose and build, and refuse today's tasks naming
-# the choices that work (the preference losses need a sequence_pair task; policy feedback is not wired into training).
-NO_TASK_YET = {"loss": {"dpo", "simpo", "orpo"}, "feedback": {"grpo", "rloo"}}
+# Policy optimisation trains language models: built on a sequence task (and refused on tabular ones, below).
+SEQUENCE_FEEDBACK = {"grpo", "rloo"}
+# Preference optimisation of a language model: its losses and tasks (output kind sequence_pair) build together.
+SEQUENCE_PAIR_LOSSES = {"dpo", "simpo", "orpo"}
+SEQUENCE_PAIR_TASKS = {"reverse_preference", "addition_preference", "preference_completion_file"}
 # Sequence tasks (the file tasks given a file, reasoning_gym a dataset) build with a language model and a text reward;
 # their own configs are tested in test_sequence_tasks.py.
 SEQUENCE_TASKS = {"copy", "reverse", "sort", "addition", "reasoning_gym", "text_classification", "qa", "translation",
@@ -74,19 +76,33 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
         overrides = ["task=reverse", "task.n_examples=100", "reward=exact_match", *LANGUAGE_MODELS[option]]
     if group == "task" and option in SEQUENCE_TASKS:
         overrides += [*sequence_task_overrides(option, tmp_path), *LM, "reward=exact_match"]
+    if group == "task" and option in SEQUENCE_PAIR_TASKS:
+        overrides += [*sequence_task_overrides(option, tmp_path), *LM, "loss=dpo", "reward=exact_match"]
+    if group == "loss" and option in SEQUENCE_PAIR_LOSSES:
+        overrides += ["task=reverse_preference", "task.n_examples=100", *LM, "reward=exact_match"]
     if group == "reward" and option in TEXT_REWARDS:
         overrides += [f"task={TEXT_REWARD_TASK.get(option, 'reverse')}", "task.n_examples=100", *LM]
+    if group == "feedback" and option in SEQUENCE_FEEDBACK:
+        overrides += ["task=reverse", "task.n_examples=100", "reward=exact_match", *LM]
     cfg = compose_config(*overrides)
     if (group, option) == ("trainer", "gpu") and not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="trainer.accelerator=gpu but this machine has no CUDA GPU"):
             build_components(cfg)  # refused before anything is created, not by Lightning once the run is open
         return
-    if option in NO_TASK_YET.get(group, ()):
-        with pytest.raises(IncompatibleError, match=f"{group}={option} .*task=digits.* Choices of {group} that work"):
-            build_components(cfg)
-        return
     parts = build_components(cfg)
     assert parts.info.output_kind in parts.loss.accepts
+    if group == "feedback" and option != "none":
+        from rmlab.policy import as_policy
+
+        assert parts.info.output_kind != "sequence" or as_policy(parts.feedback).name == option
+
+
+@pytest.mark.parametrize("option", sorted(SEQUENCE_FEEDBACK))
+def test_policy_feedback_is_refused_on_tabular_tasks_naming_what_works(option):
+    with pytest.raises(IncompatibleError, match=f"feedback={option} trains language models on sequence tasks, but "
+                                                "task=digits outputs 'logits'. Choices of feedback that work on "
+                                                "task=digits: reinforce"):
+        build_components(compose_config(f"feedback={option}"))
 
 
 def sequence_task_overrides(option, tmp_path):
@@ -96,6 +112,10 @@ def sequence_task_overrides(option, tmp_path):
     if option == "completion_file":
         path = tmp_path / "sft.jsonl"
         path.write_text("".join(f'{{"prompt": "q{i}", "completion": "a{i}"}}\n' for i in range(40)))
+        return [f"task.path={path}"]
+    if option == "preference_completion_file":
+        path = tmp_path / "prefs.jsonl"
+        path.write_text("".join(f'{{"prompt": "q{i}", "chosen": "a{i}", "rejected": "b{i}"}}\n' for i in range(40)))
         return [f"task.path={path}"]
     if option == "text_classification_file":
         path = tmp_path / "labels.csv"

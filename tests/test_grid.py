@@ -42,9 +42,11 @@ SMALL = {"synthetic_classification": ["task.n_samples=300"], "synthetic_regressi
          "synthetic_preference": ["task.n_pairs=300"], "diabetes_preference": ["task.n_pairs=300"]}
 
 
-# Sequence tasks train through the language models (not landed yet); every reward is still tried on the others.
+# Sequence and sequence_pair tasks need a language model: their grids are test_sequence_grid.py and
+# test_preference_training.py; every loss x reward is tried here on the others.
 SEQUENCE_TASKS = {o for o in options("task")
-                  if OmegaConf.load(CONFIG_DIR / "task" / f"{o}.yaml")._target_.startswith("rmlab.tasks.sequence.")}
+                  if OmegaConf.load(CONFIG_DIR / "task" / f"{o}.yaml")._target_.startswith(
+                      ("rmlab.tasks.sequence.", "rmlab.tasks.sequence_preference."))}
 
 
 @pytest.mark.parametrize("task", [t for t in options("task") if t not in SEQUENCE_TASKS])

@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from rmlab import tokenizer
 from rmlab.build import accepted_parameters
 from rmlab.errors import ConfigError, DataError, IncompatibleError
-from rmlab.kinds import FEATURES, PAIR, TOKENS, TaskInfo
+from rmlab.kinds import FEATURES, PAIR, SEQUENCE_PAIR, TOKENS, TaskInfo
 from rmlab.losses import IPO, BradleyTerry, LogExp, MarginRanking
 from rmlab.models import MLP, KindHead
 from rmlab.rewards import PreferenceAccuracy, PreferenceNegECE, RewardMargin, TrueRewardSpearman
@@ -569,7 +569,7 @@ def test_preference_rewards_golden_values():
 def test_per_sample_mean_is_the_aggregate(reward_cls):
     reward = reward_cls()
     out, true = pair_data(1)
-    assert reward.has_per_sample and reward.accepts == (PAIR,)
+    assert reward.has_per_sample and reward.accepts == (PAIR, SEQUENCE_PAIR)
     per_sample = reward.per_sample(out, true)
     assert per_sample.shape == (len(out),)
     assert float(per_sample.mean()) == pytest.approx(accumulate(reward.metric(INFO), out, true), abs=1e-5)

@@ -15,7 +15,7 @@ from torchmetrics import MeanMetric
 
 from rmlab.build import instantiate
 from rmlab.errors import ConfigError, IncompatibleError
-from rmlab.kinds import SEQUENCE, TaskInfo
+from rmlab.kinds import SEQUENCE, SEQUENCE_PAIR, TaskInfo
 from rmlab.rewards import (
     BLEU,
     ChrF,
@@ -213,7 +213,7 @@ def test_exact_match_normalisations():
 @pytest.mark.parametrize("name", [n for n in TEXT_REWARDS if n not in ("verifier", "label_accuracy")])
 def test_per_sample_and_mean_metric(name):
     reward = TEXT_REWARDS[name]()
-    assert reward.accepts == (SEQUENCE,) and reward.has_per_sample and isinstance(reward, TextReward)
+    assert reward.accepts == (SEQUENCE, SEQUENCE_PAIR) and reward.has_per_sample and isinstance(reward, TextReward)
     hyps, refs = zip(*ALL_PAIRS)
     batch = examples(refs)
     per_sample = reward.per_sample(list(hyps), batch)

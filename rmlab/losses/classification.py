@@ -8,13 +8,13 @@ accurate when ``p_y`` is close to 1. Per-class weight vectors are buffers, so th
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from rmlab.errors import ConfigError
-from rmlab.kinds import TaskInfo
+from rmlab.kinds import SEQUENCE_PAIR, TaskInfo
 from rmlab.losses.pointwise import as_float, positive_weights
 from rmlab.losses.tokens import TokenwiseLoss
 
@@ -54,6 +54,9 @@ class CrossEntropy(TokenwiseLoss):
     """
 
     loss_name = "cross_entropy"
+    kind_hints: ClassVar[dict[str, str]] = {
+        SEQUENCE_PAIR: "to fine-tune on the chosen completions alone, train them as a sequence task, "
+                       "task=completion_file; loss=orpo keeps their cross entropy beside its preference term"}
     class_weights: torch.Tensor | None
 
     def __init__(self, label_smoothing: float = 0.0, class_weights: list[float] | None = None,

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from rmlab.errors import ConfigError
-from rmlab.kinds import PAIR
+from rmlab.kinds import PAIR, SEQUENCE_PAIR
 from rmlab.losses.base import Loss
 from rmlab.losses.pointwise import as_float
 
@@ -27,6 +27,11 @@ class PairwiseLoss(Loss):
     """Base of the pair losses: ``mean_b f(d_b)`` with ``f = _per_pair`` of ``d = s_c - s_r``."""
 
     accepts: ClassVar[tuple[str, ...]] = (PAIR,)
+    # What a user who picks a reward-model loss on a language model's preference pairs wants instead.
+    kind_hints: ClassVar[dict[str, str]] = {
+        SEQUENCE_PAIR: "on a language model's preference pairs use loss=dpo (sigmoid: the Bradley-Terry loss of "
+                       "the log-ratios), loss=dpo loss.loss_type=ipo, loss=dpo loss.loss_type=hinge, loss=simpo or "
+                       "loss=orpo"}
 
     def _per_pair(self, d: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -76,6 +81,9 @@ class MarginRanking(PairwiseLoss):
     """Hinge ``max(0, margin - d)``: ``F.margin_ranking_loss(s_c, s_r, 1, margin)``; pairs won by ``margin`` or
     more give no gradient."""
 
+    kind_hints: ClassVar[dict[str, str]] = {
+        SEQUENCE_PAIR: "the hinge loss on a language model's preference pairs is loss=dpo loss.loss_type=hinge"}
+
     def __init__(self, margin: float = 1.0) -> None:
         super().__init__()
         # margin 0 would be satisfied by any d > 0 at any scale; > 0 gives the scores a unit.
@@ -98,6 +106,9 @@ class LogExp(PairwiseLoss):
 class IPO(PairwiseLoss):
     """IPO (Azar et al. 2023): ``(d - 1 / (2 beta))^2``; regresses the difference to a fixed target instead of
     pushing it to infinity, so it does not overfit deterministic preferences. Smaller ``beta``: larger target gap."""
+
+    kind_hints: ClassVar[dict[str, str]] = {
+        SEQUENCE_PAIR: "IPO on a language model's preference pairs is loss=dpo loss.loss_type=ipo"}
 
     def __init__(self, beta: float = 0.1) -> None:
         super().__init__()

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rmlab.errors import ConfigError
-from rmlab.kinds import SEQUENCE_PAIR
+from rmlab.kinds import PAIR, SEQUENCE, SEQUENCE_PAIR
 from rmlab.losses.base import Loss
 from rmlab.losses.pointwise import as_float
 from rmlab.policy.logprobs import sequence_logprobs
@@ -100,6 +100,10 @@ class PreferenceLoss(Loss):
     reference's ``PairLogps`` as the target (the sequence path computes them once and caches them)."""
 
     accepts: ClassVar[tuple[str, ...]] = (SEQUENCE_PAIR,)
+    kind_hints: ClassVar[dict[str, str]] = {
+        PAIR: "a reward model's pair scores train with loss=bradley_terry, loss=ipo or loss=hinge",
+        SEQUENCE: "a sequence task has no rejected completions: train on preference pairs "
+                  "(task=reverse_preference, addition_preference or preference_completion_file)"}
     needs_reference: ClassVar[bool] = True
     name: ClassVar[str] = ""
 

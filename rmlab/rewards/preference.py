@@ -1,4 +1,5 @@
-"""Preference rewards (output kind ``pair``: scores (B, 2) of (chosen, rejected); targets (B, 2) true rewards or NaN).
+"""Preference rewards (output kind ``pair``: scores (B, 2) of (chosen, rejected); targets (B, 2) true rewards or NaN;
+and ``sequence_pair``, where the scores are the preference loss's implicit rewards and the targets NaN).
 
 - ``preference_accuracy``: fraction of pairs ranked right (``s_c > s_r``; a tie counts as wrong); per sample.
 - ``reward_margin``: mean ``s_c - s_r``; per sample. Unbounded: it also grows by just scaling the scores up.
@@ -22,7 +23,7 @@ from torchmetrics.classification import MulticlassCalibrationError
 from torchmetrics.regression import SpearmanCorrCoef
 
 from rmlab.errors import IncompatibleError
-from rmlab.kinds import PAIR, TaskInfo
+from rmlab.kinds import PAIR, SEQUENCE_PAIR, TaskInfo
 from rmlab.rewards.base import Reward
 from rmlab.rewards.metrics import AdaptedMetric, check_bins, softmax
 
@@ -79,9 +80,10 @@ class ChosenCalibrationError(MulticlassCalibrationError):
 
 
 class _PreferenceReward(Reward):
-    """Shared by the preference rewards: accepts pair scores."""
+    """Shared by the preference rewards: accepts pair scores, a reward model's or, on a language model's preference
+    pairs (``sequence_pair``), the preference loss's implicit rewards of (chosen, rejected)."""
 
-    accepts: ClassVar[tuple[str, ...]] = (PAIR,)
+    accepts: ClassVar[tuple[str, ...]] = (PAIR, SEQUENCE_PAIR)
 
     def metric(self, info: TaskInfo) -> AdaptedMetric:
         self.check_task(info)
@@ -137,7 +139,7 @@ class TrueRewardSpearman(_PreferenceReward):
     not only within the pairs it saw."""
 
     def check_task(self, info: TaskInfo) -> None:
-        if info.output_kind == PAIR and not info.true_reward:
+        if info.output_kind in (PAIR, SEQUENCE_PAIR) and not info.true_reward:
             raise IncompatibleError(
                 f"reward={self.name} needs a task that knows each item's true reward, and task={info.name} does not "
                 f"(its targets are NaN). Tasks with true rewards: {', '.join(_tasks_with_true_reward()) or '(none)'}; "

@@ -1,4 +1,5 @@
-"""Text rewards (output kind ``sequence``): scores of generated completions against the reference completion.
+"""Text rewards (output kind ``sequence``, and ``sequence_pair`` where the reference is the chosen completion): scores
+of generated completions against the reference completion.
 
 A text reward is ``score(completions, examples) -> float32 (B,)``, one score per completion against its example's
 ``completion`` (the reference of its split), higher is better; ``per_sample`` is the same function, and the aggregate
@@ -20,7 +21,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from rmlab.errors import ConfigError, IncompatibleError
-from rmlab.kinds import SEQUENCE, TaskInfo
+from rmlab.kinds import SEQUENCE, SEQUENCE_PAIR, TaskInfo
 from rmlab.rewards.base import Reward
 from rmlab.sequence import TextExample
 
@@ -70,7 +71,8 @@ class TextReward(Reward):
     example (a task's verifier) or scores a batch at once.
     """
 
-    accepts: ClassVar[tuple[str, ...]] = (SEQUENCE,)
+    # On preference pairs of completions (sequence_pair) the generations are scored against the chosen completion.
+    accepts: ClassVar[tuple[str, ...]] = (SEQUENCE, SEQUENCE_PAIR)
     has_per_sample: ClassVar[bool] = True
     default_name: ClassVar[str] = "text_reward"  # its config's name, used when built without one
 
