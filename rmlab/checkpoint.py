@@ -65,6 +65,18 @@ class Validation(pl.Callback):
         if self.optuna_cfg:
             self._prune(score, epoch)
 
+    # Lightning saves and restores a callback's state with the run's checkpoint (rmlab.last_checkpoint): an
+    # interrupted run resumes with the best-so-far weights and scores it had.
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "last_score": self.last_score,
+                "last_epoch": self.last_epoch, "stale_epochs": self.stale_epochs, "state": self.state}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_score, self.best_epoch = state_dict["best_score"], state_dict["best_epoch"]
+        self.last_score, self.last_epoch = state_dict["last_score"], state_dict["last_epoch"]
+        self.stale_epochs = state_dict["stale_epochs"]
+        self.state = state_dict["state"]
+
     def _prune(self, score: float, epoch: int) -> None:
         from hydra_plugins.rmlab_optuna_sweeper import report_and_should_prune
 

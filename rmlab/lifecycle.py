@@ -2,8 +2,8 @@
 
 ``RunLifecycle`` is a context manager around everything a run does once it exists:
 
-- entering installs the run's Ctrl-C / SIGTERM policy (``rmlab.signals``), then creates the MLflow run with the
-  process that owns it (``rmlab.processes``: host, pid, start time, so a run left open by a killed process can be
+- entering installs the run's Ctrl-C / SIGTERM policy (``rmlab.signals``), then creates the MLflow run (or reopens an
+  interrupted one, ``resume=``) with the process that owns it (``rmlab.processes``: host, pid, start time, so a run left open by a killed process can be
   found and closed later);
 - during training (``lightning_callback``), SIGTERM stops at the next batch boundary: Lightning's own handler stops
   its loop there, so the weights are those of a whole step. A second SIGTERM, and Ctrl-C, stop at once;
@@ -83,8 +83,9 @@ class RunLifecycle:
     the signal handling and the exit codes."""
 
     def __init__(self, tracker: Any | None, run_name: str, tags: Mapping[str, str],
-                 parent_run_id: str | None = None) -> None:
+                 parent_run_id: str | None = None, reopen: str | None = None) -> None:
         self.tracker = tracker
+        self.reopen = reopen  # the id of an interrupted run to continue (resume=) instead of a new run
         self.run_name = run_name
         self.tags = dict(tags)
         self.parent_run_id = parent_run_id
@@ -116,7 +117,9 @@ class RunLifecycle:
                 stopped = stop_requested(job_sweep_dir)
                 if stopped is not None:
                     raise Interrupted(stopped)
-            if self.tracker is not None:
+            if self.tracker is not None and self.reopen:
+                self.run_id = self.tracker.reopen(self.reopen, {**self.tags, **processes.identity()})
+            elif self.tracker is not None:
                 self.run_id = self.tracker.start(self.run_name, {**self.tags, **processes.identity()},
                                                  parent_run_id=self.parent_run_id)
         except BaseException:

@@ -1,8 +1,8 @@
 """``python -m rmlab.replay FILE...``: store a run's unsent metrics once its tracking server is back, and close the run.
 
 A run whose store went away and stayed away (longer than ``logger.retry_s``) ends with one line naming its
-unsent-metrics file (``rmlab.spool``). This command stores the file's points into that run, sets the
-``rmlab.metric_points`` tag, records the run's error (if it had one) and closes it with the status it would have had;
+unsent-metrics file (``rmlab.spool``). This command stores the file's points into that run, sets the tags the run
+recorded after training and the ``rmlab.metric_points`` tag, records the run's error (if it had one) and closes it with the status it would have had;
 the file is then renamed ``*.replayed``, so replaying twice stores nothing twice. The store is ``--tracking-uri``, else
 ``$MLFLOW_TRACKING_URI``, else the one in the file (which holds no credentials: give a URI that needs them here).
 
@@ -42,10 +42,11 @@ def replay(path: Path, tracking_uri: str | None = None) -> str:
     run_id = header["run_id"]
     client.get_run(run_id)  # the right store? (an unknown run is an error here, before anything is written)
     total = header["points_sent_before"] + len(metrics)
+    final_tags = [RunTag(k, str(v)[:MAX_TAG]) for k, v in (header.get("tags") or {}).items()]
     for start in range(0, max(len(metrics), 1), BATCH):
         last = start + BATCH >= len(metrics)
         client.log_batch(run_id, metrics=metrics[start:start + BATCH],
-                         tags=[RunTag(POINTS_TAG, str(total))] if last else [], synchronous=True)
+                         tags=[*final_tags, RunTag(POINTS_TAG, str(total))] if last else [], synchronous=True)
     closed = ""
     if header.get("error"):
         client.set_tag(run_id, "error", header["error"][:MAX_TAG])
@@ -53,7 +54,9 @@ def replay(path: Path, tracking_uri: str | None = None) -> str:
         client.set_terminated(run_id, header["status"])
         closed = f"; run closed {header['status']}"
     path.rename(path.with_name(path.name + ".replayed"))
-    return f"rmlab: replayed {len(metrics)} metric points into run {run_id} at {redact(uri)}{closed}"
+    skipped = header.get("not_stored") or []
+    missing = f" (not stored while the server was away, and not replayable: {', '.join(skipped)})" if skipped else ""
+    return f"rmlab: replayed {len(metrics)} metric points into run {run_id} at {redact(uri)}{closed}{missing}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from rmlab.validate import validate_config
 
 if TYPE_CHECKING:
     from rmlab.build import Components
+    from rmlab.resume import ResumePoint
 
 log = logging.getLogger("rmlab")
 # torch, numpy and the component modules are imported inside the functions that need them, so that rmlab.validate
@@ -76,6 +77,7 @@ def quiet_lightning() -> None:
 
 def make_trainer(cfg: DictConfig, callbacks: list, loggers: list, out: Path):
     import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import Checkpoint
 
     quiet_lightning()
 
@@ -88,7 +90,10 @@ def make_trainer(cfg: DictConfig, callbacks: list, loggers: list, out: Path):
             fast_dev_run=t.fast_dev_run,
             # rmlab logs per-step metrics itself (rmlab.module), so Lightning's log_every_n_steps has nothing to gate.
             enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
-            enable_checkpointing=False, logger=loggers or False, callbacks=callbacks,
+            # Lightning refuses a Checkpoint callback (rmlab's last.ckpt) unless checkpointing is enabled, and adds
+            # its own ModelCheckpoint only when there is none.
+            enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks), logger=loggers or False,
+            callbacks=callbacks,
             default_root_dir=str(out),
         )
     except Exception as err:  # Lightning's MisconfigurationException and friends, before anything is tracked
@@ -154,6 +159,7 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
 
         check_writable(resolve_tracking_uri(cfg.logger.tracking_uri))
     validate_for_context(cfg, context)
+    point = resume_point_of(cfg, context)  # resume=: checked before anything is created
     seed_all(cfg.seed)
     from rmlab.build import build_components
 
@@ -180,7 +186,7 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
 
             for run_id in close_orphans(tracker.client):
                 log.warning(f"rmlab: closed run {run_id} FAILED: its process ended without closing it")
-    results = _fit_and_test(cfg, parts, tracker, tags, parent_run_id)
+    results = _fit_and_test(cfg, parts, tracker, tags, parent_run_id, point)
     if global_rank() == 0:
         print(result_block(results, parts.reward.name, results["run_id"], tracker.uri if tracker else None,
                            _dashboard(tracker), _run_page(tracker)))
@@ -188,13 +194,19 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
 
 
 def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, str],
-                  parent_run_id: str | None) -> dict[str, Any]:
+                  parent_run_id: str | None, point: ResumePoint | None = None) -> dict[str, Any]:
     from rmlab.lifecycle import RunLifecycle
 
     module, data = _module_and_data(cfg, parts)
     out = output_dir()
-    life = RunLifecycle(tracker, run_name(cfg), {**tags, **source_tags(parts, out)}, parent_run_id)
-    callbacks = make_callbacks(cfg, data)
+    last = last_checkpoint_path(cfg, out, point)
+    if point is not None:  # the same run goes on: its tags stay, but for this process and its output folder
+        from rmlab.resume import LAST_TAG, RESUMED_TAG
+
+        tags = {RESUMED_TAG: str(point.checkpoint), **({LAST_TAG: str(last)} if last is not None else {})}
+    tags = {**tags, **source_tags(parts, out)}
+    life = RunLifecycle(tracker, run_name(cfg), tags, parent_run_id, reopen=point.run_id if point else None)
+    callbacks = make_callbacks(cfg, data) + last_checkpoint_callbacks(cfg, last)
     validation = callbacks[0]
     loggers = []
     if tracker is not None:
@@ -205,10 +217,13 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
 
     datasets = _datasets(cfg, parts.task) if tracker is not None else None  # digests: before the run exists
     with life:  # the run exists from here on, and is closed with its status whatever happens
-        if tracker is not None:
-            _record_config(tracker, cfg, datasets)
+        if tracker is not None and point is None:  # a resumed run has them already
+            _record_config(tracker, cfg, datasets, last)
+        if last is not None:  # in the job's log, where a requeued job (SLURM) finds it
+            since = f" goes on from {point.checkpoint}" if point is not None else ""
+            log.info(f"rmlab: run {life.run_id}{since}; if it is interrupted, continue it with resume={life.run_id}")
         started = time.perf_counter()
-        trainer.fit(module, datamodule=data)
+        trainer.fit(module, datamodule=data, **fit_from(point))
         fit_s = time.perf_counter() - started
         validation.restore(module)  # test the weights with the best val/reward (if kept)
         results: dict[str, Any] = module.evaluate("test", data.test_batches())
@@ -216,14 +231,14 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         extra = checkpoint_extra(cfg, parts)
         saved = validation.save(out / "checkpoints" / "best.ckpt", extra) if trainer.is_global_zero else None
         if tracker is not None and cfg.logger.log_checkpoint and saved is not None:
-            tracker.log_artifact(saved, "checkpoints")
+            tracker.upload(f"the checkpoint {saved.name}", tracker.log_artifact, saved, "checkpoints")
         # Throughput of the whole fit (training, per-epoch validation, logging): what the benchmark compares.
         results["perf_fit_s"] = fit_s
         results["perf_train_samples_per_s"] = module.samples_trained / fit_s
         if getattr(module, "tokens_trained", 0):  # sequence tasks
             results["perf_train_tokens_per_s"] = module.tokens_trained / fit_s
         if tracker is not None:
-            tracker.set_tags({"rmlab.selection": validation.selected()[0]})
+            tracker.set_final_tags({"rmlab.selection": validation.selected()[0]})
             _log_outcome(tracker, cfg, parts, results, trainer.global_step, module.first_step_time)
     results["run_id"] = life.run_id
     return results
@@ -252,6 +267,57 @@ def checkpoint_extra(cfg: DictConfig, parts: Components) -> dict[str, Any]:
     return checkpoint_meta(OmegaConf.to_container(cfg.model, resolve=True),
                            task_config=OmegaConf.to_container(cfg.task, resolve=True),
                            spec=model_spec(cfg, parts, io_cls) if io_cls is not None else None)
+
+
+# -- resuming an interrupted run (resume=<run id>) ------------------------------------------------------------------
+
+
+def resume_point_of(cfg: DictConfig, context: dict[str, Any]) -> ResumePoint | None:
+    """The run ``resume=`` names and its last.ckpt (None without ``resume``); ConfigError (exit status 2) when it
+    cannot be continued with this config (``rmlab.resume``). Reads the store, creates nothing."""
+    if cfg.get("resume") is None:
+        return None
+    if context.get("multirun"):
+        raise ConfigError("resume= continues one run: it cannot be part of a multirun (-m)")
+    if cfg.logger.get("name") != "mlflow" or cfg.trainer.get("fast_dev_run"):
+        raise ConfigError("resume= continues a tracked run: it needs logger=mlflow and no trainer.fast_dev_run")
+    from rmlab.resume import resume_point
+    from rmlab.server import bound_http_retries, check_reachable, is_http
+    from rmlab.store import open_client, resolve_tracking_uri, sqlite_path
+
+    uri = resolve_tracking_uri(cfg.logger.tracking_uri)
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise ConfigError(f"resume={cfg.resume}: no such run: the tracking store {uri} does not exist")
+    if is_http(uri):
+        bound_http_retries()
+        check_reachable(uri)
+    # Under DDP the other ranks start once rank 0 has reopened the run: RUNNING, in a live process, is right then.
+    return resume_point(cfg, open_client(uri), check_status=global_rank() == 0)
+
+
+def last_checkpoint_path(cfg: DictConfig, out: Path, point: ResumePoint | None) -> Path | None:
+    """Where this run writes its last.ckpt: none for an untracked run (nothing could resume it) or with
+    ``trainer.checkpoint.every_n_epochs=0``; a resumed run goes on writing the file it resumed from. Under DDP every
+    rank takes part in writing it (rank 0 writes), though only rank 0 tracks the run."""
+    tracked = cfg.logger.get("name") == "mlflow" and not cfg.trainer.get("fast_dev_run")
+    if not tracked or not cfg.trainer.checkpoint.every_n_epochs:
+        return None
+    return point.checkpoint if point is not None else out / "checkpoints" / "last.ckpt"
+
+
+def last_checkpoint_callbacks(cfg: DictConfig, path: Path | None) -> list:
+    if path is None:
+        return []
+    from rmlab.last_checkpoint import LastCheckpoint
+
+    every = cfg.trainer.checkpoint
+    return [LastCheckpoint(path, every.every_n_epochs, every.min_interval_s)]
+
+
+def fit_from(point: ResumePoint | None) -> dict[str, Any]:
+    """``Trainer.fit``'s arguments that continue from the run's last.ckpt (loaded with ``weights_only=True``)."""
+    return {} if point is None else {"ckpt_path": str(point.checkpoint), "weights_only": True}
 
 
 def _module_and_data(cfg: DictConfig, parts: Components):
@@ -304,17 +370,20 @@ def selection_metrics(validation) -> dict[str, float]:
 def _log_outcome(tracker, cfg: DictConfig, parts: Components, results: dict[str, Any], step: int,
                  first_step_time: float | None) -> None:
     """After the test: the final metrics, the first step's wall clock (a tag: a timestamp is no metric to chart), and
-    the tested weights as the run's MLflow model (``logger.log_model``)."""
+    the tested weights as the run's MLflow model (``logger.log_model``). Tags travel with the final metrics, so a run
+    whose store went away gets them when it is replayed."""
     final = {k: v for k, v in results.items() if k in SELECTION_KEYS or k.startswith("perf_")}
     tracker.log_metrics(final, step=step)
     if first_step_time is not None:
-        tracker.set_tags({"rmlab.first_step_unix": f"{first_step_time:.3f}"})
+        tracker.set_final_tags({"rmlab.first_step_unix": f"{first_step_time:.3f}"})
     if cfg.logger.log_model:
         from rmlab.serving.export import log_model
 
-        tracker.flush()  # the test metrics must be stored before they are linked to the model
+        tracker.drain()  # the test metrics must be stored before they are linked to the model
         linked = {k: v for k, v in results.items() if k.startswith("test/") or k in SELECTION_KEYS}
-        log_model(tracker, cfg, parts, step, linked, register_as=cfg.logger.register_as)
+        # A store that went away: the model is skipped (with a warning), the metrics wait for rmlab.replay.
+        tracker.upload("the MLflow model", log_model, tracker, cfg, parts, step, linked,
+                       register_as=cfg.logger.register_as)
 
 
 def _dashboard(tracker) -> str | None:
@@ -340,12 +409,16 @@ def _datasets(cfg: DictConfig, task) -> list:
     return split_datasets(task, OmegaConf.to_container(cfg.task, resolve=True))
 
 
-def _record_config(tracker, cfg: DictConfig, datasets: list) -> None:
+def _record_config(tracker, cfg: DictConfig, datasets: list, last: Path | None = None) -> None:
     """Record everything known before training on the open run: params (numbers as the user typed them), the
-    datasets, the resolved config, the command."""
+    datasets, the resolved config, the command, and where its last.ckpt will be (if it writes one)."""
     from rmlab.tracking import flatten, typed_params
 
     tracker.log_params(typed_params(flatten(OmegaConf.to_container(cfg, resolve=True)), command_overrides()))
+    if last is not None:
+        from rmlab.resume import LAST_TAG
+
+        tracker.set_tags({LAST_TAG: str(last)})
     tracker.log_inputs(datasets)
     tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
     tracker.log_text(command_line() + "\n", "command.txt")

@@ -1,15 +1,18 @@
 """The unsent-metrics file: the metric points of a run whose store went away and stayed away, and how to close it.
 
 ``Tracker`` writes it (``write``) when it gives up on a store; ``python -m rmlab.replay FILE`` reads it (``read``),
-stores the points into the run and closes the run with the status it would have had. One JSON header line, then one
-line per point: ``[key, value, timestamp_ms, step]``. The store's URI is written without its credentials.
+stores the points into the run, sets the tags the run recorded after training (``tags``) and closes the run with the
+status it would have had. One JSON header line, then one line per point: ``[key, value, timestamp_ms, step]``. The
+header's ``not_stored`` lists the uploads the run skipped while the store was away (its MLflow model, its checkpoint):
+replay cannot make them, the run's output folder still holds the checkpoint. The store's URI is written without its
+credentials.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +36,14 @@ def default_path(run_id: str) -> Path:
 
 
 def write(path: Path, *, uri: str, run_id: str, experiment: str, status: str | None, error: str | None,
-          sent: int, metrics: Iterable[Metric]) -> Path:
+          sent: int, metrics: Iterable[Metric], tags: Mapping[str, str] | None = None,
+          not_stored: Iterable[str] = ()) -> Path:
     """Write the file (atomically: a reader never sees half of it). ``status`` None: replay leaves the run open."""
     metrics = list(metrics)
     header = {"format": FORMAT, "store": redact(uri), "run_id": run_id, "experiment": experiment,
               "status": status, "error": redact(error) if error else None, "points_sent_before": sent,
-              "points": len(metrics)}
+              "points": len(metrics), "tags": {k: redact(str(v)) for k, v in (tags or {}).items()},
+              "not_stored": list(not_stored)}
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     with open(partial, "w") as f:

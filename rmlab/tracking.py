@@ -12,6 +12,9 @@ Rules this module keeps (docs/design.md says why):
   failure (saying so once), then gives up; at the end the points it could not store are written to a local file
   (``rmlab.spool``) and the run ends with one line naming it. ``python -m rmlab.replay FILE`` stores them and closes the
   run once the server is back. The last batch carries the tag ``rmlab.metric_points``: the points the run sent.
+  What a run records after training (its final tags, ``set_final_tags``) travels with that last batch, so it is in
+  the file too and replay stores it; an upload after training (the model, the checkpoint: ``upload``) is skipped with
+  a warning once the store has given up, and the file lists what was not stored.
 - credentials in the store's URI never leave the process: params, tags, text and text artifacts pass through
   ``rmlab.credentials.redact``.
   When a run opens and closes, and with which status, is ``rmlab.lifecycle``'s business; this module only
@@ -138,6 +141,7 @@ class Tracker:
         self.retry_s = retry_s
         self._buffer: list[Metric] = []
         self._last: dict[str, tuple[int, float]] = {}  # key -> (step, value) last buffered
+        self._held_steps: dict[str, int] = {}  # a reopened run: key -> the last step the store already holds
         self._last_send = time.monotonic()
         if is_http(self.uri):
             bound_http_retries()
@@ -153,6 +157,8 @@ class Tracker:
         self._unsent: list[Metric] = []  # points given up on: the store stayed away for retry_s
         self._gave_up = False
         self._down_since: float | None = None
+        self._final_tags: dict[str, str] = {}  # sent with the final batch (or written to the unsent-metrics file)
+        self.not_stored: list[str] = []  # uploads skipped because the store did not answer
         self.unsent_path: Path | None = None
 
     def start(self, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None) -> str:
@@ -165,6 +171,25 @@ class Tracker:
         Tracker.opened += 1
         self._last_send = time.monotonic()  # the flush interval counts from the run's start, not the store's opening
         return self.run_id
+
+    def reopen(self, run_id: str, tags: Mapping[str, str]) -> str:
+        """Continue a closed run (``resume=``): RUNNING again, its ``error`` tag removed, ``tags`` set. The points it
+        holds count as sent, and a point at a step the run already holds for its key is not sent again: the
+        interrupted process logged it before it stopped, and training repeats the steps since its last checkpoint."""
+        self.attach(run_id)
+        run = self.client.get_run(run_id)
+        self.experiment = self.client.get_experiment(self.experiment_id).name
+        for key in run.data.metrics:
+            steps = [m.step for m in self.client.get_metric_history(run_id, key)]
+            self._sent += len(steps)
+            self._held_steps[key] = max(steps)
+        if "error" in run.data.tags:
+            self.client.delete_tag(run_id, "error")
+        self.set_tags(tags)
+        self.client.update_run(run_id, status="RUNNING")
+        Tracker.opened += 1
+        self._last_send = time.monotonic()
+        return run_id
 
     def attach(self, run_id: str) -> None:
         """Record on an existing run (a sweep's parent, from the process that opened it)."""
@@ -180,13 +205,48 @@ class Tracker:
         self.client.log_batch(self.run_id, tags=[RunTag(k, redact(str(v))[:MAX_TAG]) for k, v in tags.items()],
                               synchronous=True)
 
+    def set_final_tags(self, tags: Mapping[str, str]) -> None:
+        """Tags that describe the run's outcome: held back and sent with the final batch of metrics, so that a store
+        that went away mid-run gets them with the metrics when the run is replayed (``rmlab.replay``)."""
+        self._final_tags.update({k: redact(str(v))[:MAX_TAG] for k, v in tags.items()})
+
+    @property
+    def store_away(self) -> bool:
+        """True once the store stayed away for ``retry_s``: later metrics go to the unsent-metrics file."""
+        return self._gave_up
+
+    def drain(self) -> bool:
+        """Send what is buffered and wait until every queued batch is stored or given up on (at most ``retry_s``
+        while the store does not answer); True if the store holds every metric so far. Unlike ``flush`` it neither
+        sends the points count nor raises when the store stayed away."""
+        self._send()
+        pending, self._pending = self._pending, []
+        for operation in pending:
+            operation.result()
+        return not self._gave_up
+
+    def upload(self, what: str, action: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run ``action`` (an upload to the store after training: the model, a checkpoint) unless the store stayed
+        away; if it is away, or the upload finds it away, skip it with a warning and remember ``what`` in
+        ``not_stored`` (the unsent-metrics file lists it). Returns what ``action`` returned, None when skipped."""
+        if not self._gave_up:
+            try:
+                return action(*args, **kwargs)
+            except Exception as err:
+                if not _unreachable(err):
+                    raise
+        self.not_stored.append(what)
+        log.warning(f"rmlab: the tracking store {redact(self.uri)} does not answer: {what} of run {self.run_id} is "
+                    "not stored")
+        return None
+
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         for key, value in metrics.items():
             point = (step, float(value))
             # Lightning adds `epoch` to every call; the same value again at the same step says nothing new (and a
             # store keeps one of two identical points, so sent and stored counts would disagree).
-            if self._last.get(key) != point:
+            if self._last.get(key) != point and step > self._held_steps.get(key, -1):
                 self._last[key] = point
                 self._buffer.append(Metric(key, point[1], now, step))
         if time.monotonic() - self._last_send >= self.flush_every_s:
@@ -217,7 +277,7 @@ class Tracker:
             return
         attempt = 0
         while True:
-            tags = [RunTag(POINTS_TAG, str(self._sent + len(batch)))] if final else []
+            tags = self._closing_tags(self._sent + len(batch)) if final else []
             try:
                 self.client.log_batch(self.run_id, metrics=batch, tags=tags, synchronous=True)
             except Exception as err:
@@ -290,7 +350,7 @@ class Tracker:
             return
         try:  # the server may be back by now
             self.client.log_batch(self.run_id, metrics=self._unsent,
-                                  tags=[RunTag(POINTS_TAG, str(self._sent + len(self._unsent)))], synchronous=True)
+                                  tags=self._closing_tags(self._sent + len(self._unsent)), synchronous=True)
         except Exception as err:
             if not _transient(err):
                 raise
@@ -310,7 +370,11 @@ class Tracker:
 
         self.unsent_path = self.unsent_path or spool.default_path(self.run_id)
         spool.write(self.unsent_path, uri=self.uri, run_id=self.run_id, experiment=self.experiment, status=status,
-                    error=error, sent=self._sent, metrics=self._unsent)
+                    error=error, sent=self._sent, metrics=self._unsent, tags=self._final_tags,
+                    not_stored=self.not_stored)
+
+    def _closing_tags(self, points: int) -> list[RunTag]:
+        return [RunTag(k, v) for k, v in self._final_tags.items()] + [RunTag(POINTS_TAG, str(points))]
 
     def finish(self, status: str, error: str | None = None) -> None:
         """Drain queued metrics, record the error (if any) and close the run with ``status``; a run whose metrics
@@ -373,6 +437,14 @@ def _transient(err: BaseException) -> bool:
     from mlflow.exceptions import MlflowException
 
     return isinstance(err, MlflowException) and err.get_http_status_code() >= 500
+
+
+def _unreachable(err: BaseException) -> bool:
+    """The store did not answer an upload: a 5xx from MLflow's client, or the HTTP connection itself failed (the
+    artifact client may report it without wrapping it)."""
+    import requests
+
+    return _transient(err) or isinstance(err, (requests.ConnectionError, requests.Timeout))
 
 
 def _short(err: BaseException) -> str:

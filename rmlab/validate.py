@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -26,7 +27,7 @@ from rmlab.generation_config import GenerationConfig
 
 GROUPS = ("task", "model", "loss", "reward", "feedback", "generation", "optimizer", "trainer", "logger")
 # optuna: set by the Optuna sweeper per trial
-ROOT_KEYS = (*GROUPS, "seed", "experiment", "run_name", "init_from", "optuna")
+ROOT_KEYS = (*GROUPS, "seed", "experiment", "run_name", "init_from", "resume", "optuna")
 MAX_SEED = 2**32 - 1  # what numpy's and Lightning's seeding accept
 
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64")
@@ -42,7 +43,7 @@ TRAINER_KEYS: dict[str, Any] = {
     "log_every_n_steps": None, "check_val_every_n_epoch": None, "fast_dev_run": None, "limit_train_batches": None,
     "steps_per_chunk": None, "enable_progress_bar": None,
     "early_stopping": {"enabled": None, "patience": None, "min_delta": None},
-    "checkpoint": {"enabled": None},
+    "checkpoint": {"enabled": None, "every_n_epochs": None, "min_interval_s": None},
 }
 _SCHEDULER_KEYS = {"name": None, "step_size": None, "gamma": None, "min_lr": None}
 _OPTIMIZER_COMMON = {"name": None, "lr": None, "weight_decay": None, "scheduler": _SCHEDULER_KEYS}
@@ -132,6 +133,11 @@ def validate_root(cfg: Mapping[str, Any]) -> None:
     check(source is None or (isinstance(source, str) and source.strip() != "" and source == source.strip()),
           f"init_from must be null (fresh weights), an MLflow run id, a run's output folder or a checkpoint file "
           f"(a string; quote a run id of digits only: init_from=\"'0123...'\"), got {source!r}")
+    resume = cfg.get("resume")
+    # A run id of digits (and at most one e) reads as a number on the command line: quoting keeps it text.
+    check(resume is None or (isinstance(resume, str) and re.fullmatch(r"[0-9A-Za-z_-]+", resume) is not None),
+          f"resume must be null or the MLflow run id of the run to continue (quote an id that reads as a number: "
+          f"resume=\"'0123...'\"), got {resume!r}")
 
 
 def check_devices(devices: Any) -> None:
@@ -189,6 +195,8 @@ def validate_trainer(trainer: Mapping[str, Any]) -> None:
     check_int("trainer.early_stopping.patience", stop["patience"], 1)
     check_real("trainer.early_stopping.min_delta", stop["min_delta"], 0)
     check_bool("trainer.checkpoint.enabled", trainer["checkpoint"]["enabled"])
+    check_int("trainer.checkpoint.every_n_epochs", trainer["checkpoint"]["every_n_epochs"], 0)
+    check_real("trainer.checkpoint.min_interval_s", trainer["checkpoint"]["min_interval_s"], 0)
 
 
 def validate_optimizer(cfg: Mapping[str, Any]) -> None:

@@ -154,3 +154,7 @@ def test_server_gone_mid_run_then_back_replays_and_closes_the_run(team, tmp_path
     [(points,)] = sql(postgres, "SELECT count(*) FROM metrics WHERE run_uuid = %s", run_id)
     assert stored.info.status == "FINISHED" and "test/reward" in stored.data.metrics
     assert points == int(stored.data.tags[POINTS_TAG])
+    # What the run recorded after training came with the replay; the model upload was skipped, and both say so.
+    assert stored.data.tags["rmlab.selection"] == "best" and float(stored.data.tags["rmlab.first_step_unix"]) > 0
+    assert "the MLflow model of run" in out and "is not stored" in out
+    assert "not replayable: the MLflow model" in replayed.stdout

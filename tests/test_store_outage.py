@@ -195,3 +195,51 @@ def test_replay_needs_the_credentials_it_never_wrote(workdir, capsys):
     (workdir / "bad.jsonl").write_text('{"format": "other"}\n')
     assert replay.main([str(workdir / "bad.jsonl")]) == 2
     assert "not an rmlab unsent-metrics file" in capsys.readouterr().err
+
+
+def test_final_tags_and_skipped_uploads_of_a_run_whose_store_went_away(workdir, monkeypatch, capsys, caplog):
+    """After training a run records tags and uploads its model and checkpoint. With the store gone for good, the
+    tags wait in the unsent-metrics file (replay stores them) and the uploads are skipped with a warning, instead of
+    failing the run."""
+    tracker = Tracker(None, "late", flush_every_s=0.0001, retry_s=0.3)
+    tracker.start("r", {})
+    tracker.log_metrics({"train/loss": 1.0}, step=0)
+    tracker.flush()
+    outage = Outage(tracker.client.log_batch, failures=10**9)
+    monkeypatch.setattr(tracker.client, "log_batch", outage)
+    tracker.log_metrics({"train/loss": 0.5}, step=1)
+    assert tracker.drain() is False and tracker.store_away  # given up after retry_s
+    tracker.set_final_tags({"rmlab.selection": "best"})
+    uploads = []
+    with caplog.at_level(logging.WARNING, logger="rmlab"):
+        assert tracker.upload("the MLflow model", uploads.append, "model") is None
+    assert uploads == [] and f"the MLflow model of run {tracker.run_id} is not stored" in caplog.text
+    with pytest.raises(MetricsNotStored):
+        tracker.finish("FINISHED")
+    header, _ = spool.read(tracker.unsent_path)
+    assert header["tags"] == {"rmlab.selection": "best"} and header["not_stored"] == ["the MLflow model"]
+
+    monkeypatch.undo()
+    assert replay.main([str(tracker.unsent_path), "--tracking-uri", tracker.uri]) == 0
+    assert "not replayable: the MLflow model" in capsys.readouterr().out
+    run = MlflowClient(tracker.uri).get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["rmlab.selection"] == "best"
+    assert run.data.tags[POINTS_TAG] == "2"
+
+
+def test_final_tags_travel_with_the_last_batch_and_an_upload_the_store_refuses_is_skipped(workdir, monkeypatch):
+    tracker = Tracker(None, "late-ok", flush_every_s=1000)
+    tracker.start("r", {})
+    tracker.set_final_tags({"rmlab.selection": "last"})
+    assert "rmlab.selection" not in tracker.get().data.tags  # held back until the run closes
+
+    def down(*args):
+        raise MlflowException("API request to /api/2.0/mlflow-artifacts failed: Connection refused",
+                              TEMPORARILY_UNAVAILABLE)
+
+    assert tracker.upload("the checkpoint best.ckpt", down) is None and tracker.not_stored == ["the checkpoint best.ckpt"]
+    with pytest.raises(ZeroDivisionError):  # not the store: a bug, raised as it is
+        tracker.upload("x", lambda: 1 / 0)
+    tracker.finish("FINISHED")
+    run = tracker.get()
+    assert run.info.status == "FINISHED" and run.data.tags["rmlab.selection"] == "last"

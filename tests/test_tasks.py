@@ -426,9 +426,10 @@ def task_yaml(name: str, seed: int = 0, **overrides):
     return cfg.task
 
 
-# Sequence tasks (rmlab.tasks.sequence) have their own config tests in test_sequence_tasks.py.
-YAMLS = sorted(p.stem for p in CONF.glob("*.yaml")
-               if not OmegaConf.load(p)._target_.startswith("rmlab.tasks.sequence."))
+# Sequence tasks have their own config tests: test_sequence_tasks.py (rmlab.tasks.sequence) and
+# test_preference_training.py (rmlab.tasks.sequence_preference).
+YAMLS = sorted(p.stem for p in CONF.glob("*.yaml") if not OmegaConf.load(p)._target_.startswith(
+    ("rmlab.tasks.sequence.", "rmlab.tasks.sequence_preference.")))
 
 
 def test_expected_yamls_exist():

@@ -1,0 +1,105 @@
+"""``checkpoints/last.ckpt``: everything an interrupted run needs to go on exactly where its last whole epoch ended.
+
+``LastCheckpoint`` is a Lightning ``Checkpoint`` callback: Lightning calls it at an epoch's end after the module's own
+epoch-end hook (the train metrics logged, the scheduler stepped) and after ``rmlab.checkpoint.Validation``, so the
+file holds a whole epoch. Every ``every_n_epochs`` epochs, once at least ``min_interval_s`` seconds of training have
+passed since the last write (or the start: a write costs about 10 ms even for a small MLP, as much as an epoch of a
+small model, so short runs write none), it writes Lightning's own checkpoint (``Trainer.
+save_checkpoint``: weights, optimizer, scheduler, the loops' epoch and step, each callback's ``state_dict``, among
+them Validation's best-so-far weights and scores) with its own state added: the random states of Python, numpy and
+torch (CPU and CUDA) and the generator that orders the training batches, and whether training was stopping (early
+stopping). ``Trainer.fit(ckpt_path=..., weights_only=True)`` restores it; every value is a tensor, a number, a string
+or a list or dict of them, so the file loads with ``torch.load(..., weights_only=True)``.
+
+Only whole epochs are saved: a run stopped in the middle of an epoch (SIGTERM, Ctrl-C) resumes at the start of that
+epoch, which makes the resumed run train exactly the batches, in the same order, with the same random draws, as a run
+that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Checkpoint
+
+
+def rng_state() -> dict[str, Any]:
+    """The random states of Python, numpy and torch, as tensors, numbers and lists (``weights_only`` loads them)."""
+    version, words, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(words, dtype=torch.int64), "gauss_next": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` returned."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss_next"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class LastCheckpoint(Checkpoint):
+    """Write ``path`` every ``every_n_epochs`` epochs (see the module docstring); restore its extra state on resume."""
+
+    def __init__(self, path: Path, every_n_epochs: int, min_interval_s: float = 0.0) -> None:
+        self.path = Path(path)
+        self.every_n_epochs = every_n_epochs
+        self.min_interval_s = min_interval_s
+        self._since = time.monotonic()  # of the last write, or of the start of training
+        self._trainer: pl.Trainer | None = None
+        self._restored: dict[str, Any] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        # Every rank must take the same decision (writing is collective): rank 0's clock decides, as in Lightning's
+        # own ModelCheckpoint(train_time_interval=...).
+        if trainer.strategy.broadcast(time.monotonic() - self._since >= self.min_interval_s):
+            self.save(trainer)
+            self._since = time.monotonic()
+
+    def save(self, trainer: pl.Trainer) -> None:
+        """Write the checkpoint: every rank takes part, the global rank 0 writes. Lightning writes it atomically (a
+        temporary file, then a rename), so an interruption while it is written leaves the previous one whole."""
+        trainer.save_checkpoint(self.path)
+
+    def state_dict(self) -> dict[str, Any]:
+        loader = self._trainer.train_dataloader if self._trainer is not None else None
+        generator = getattr(loader, "generator", None)
+        return {"rng": rng_state(), "batch_order": generator.get_state() if generator is not None else None,
+                "should_stop": bool(self._trainer.should_stop) if self._trainer is not None else False}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = state_dict  # applied once training starts, after Lightning has built the training batches
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._since = time.monotonic()
+        if self._restored is None:
+            return
+        state, self._restored = self._restored, None
+        generator = getattr(trainer.train_dataloader, "generator", None)
+        if generator is not None and state["batch_order"] is not None:
+            generator.set_state(state["batch_order"])
+        trainer.should_stop = trainer.should_stop or state["should_stop"]
+        set_rng_state(state["rng"])
