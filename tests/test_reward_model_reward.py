@@ -15,11 +15,11 @@ from mlflow.tracking import MlflowClient
 
 from rmlab.build import build_components, instantiate
 from rmlab.errors import ConfigError
+from rmlab.init_from import resolve
 from rmlab.models import KindHead
 from rmlab.predict import _store, load
 from rmlab.rewards import RewardModel
 from rmlab.run import train
-from rmlab.init_from import resolve
 from rmlab.sequence import TextExample
 from rmlab.tasks.sequence.review_gold import gold_score
 from rmlab.tokenizer import batch_encode

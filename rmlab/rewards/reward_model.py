@@ -1,9 +1,10 @@
 """``reward_model``: a frozen text reward model, trained by an rmlab preference run, as the reward of generations.
 
 ``init_from`` names the reward model (a run id, a run's output folder or a checkpoint file, read by
-``rmlab.init_from`` as a policy's ``init_from`` is): it must be a model of a preference task on text (output kind ``pair``, token inputs: ``review_preference``,
-``preference_file``, with ``model=text_transformer``). Each completion is scored as the reward model scored items
-in training: ``[BOS] prompt [SEP] completion [EOS]`` in byte tokens (without the prompt where the model was trained
+``rmlab.init_from`` as a policy's ``init_from`` is): it must be a model of a preference task on text (output kind
+``pair``, token inputs: ``review_preference``, ``preference_file``, with ``model=text_transformer``), whose
+checkpoint or logged model carries its model spec. Each completion is scored as the reward model scored items in
+training: ``[BOS] prompt [SEP] completion [EOS]`` in byte tokens (without the prompt where the model was trained
 without prompts), cut to the model's ``max_length`` as in training (the prompt loses its start first, then the
 completion its end). The score is the model's raw scalar (a Bradley-Terry logit: only differences mean something).
 The model is loaded when the reward is built (before any run is created: a bad ``init_from`` stops the command),
