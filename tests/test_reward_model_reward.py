@@ -253,7 +253,8 @@ def test_command_line_exits_2_with_one_line_and_creates_no_run(in_store):
                           cwd=workdir, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 2, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and f"reward.init_from={'e' * 32}: no run with this id in the MLflow store" in lines[0], lines
+    assert len(lines) == 1, lines
+    assert f"reward.init_from={'e' * 32}: no run with this id in the MLflow store" in lines[0]
     assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == before
     assert not (workdir / "outputs" / "review_writing").exists()
 
