@@ -8,12 +8,11 @@ forwards. Transforms are module-level functions, not lambdas, so metrics pickle 
 """
 
 from collections.abc import Callable
-
 import torch
 from torchmetrics import Metric
-from torchmetrics.wrappers.abstract import WrapperMetric
 
 from rmlab.errors import check
+from torchmetrics.wrappers.abstract import WrapperMetric
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 

@@ -58,7 +58,7 @@ def requirements() -> list[str]:
 
 
 @contextmanager
-def quiet_mlflow() -> Iterator[None]:
+def _quiet_mlflow() -> Iterator[None]:
     """Keep MLflow's INFO lines and download progress bars (it copies the artifacts into the model folder) out of
     the run's output; restore both afterwards."""
     logger = logging.getLogger("mlflow")
@@ -99,7 +99,7 @@ def log_model(tracker: Any, cfg: DictConfig, parts: Any, step: int, metrics: dic
                                        params=params, model_type=io_cls.__name__.lower(),
                                        tags={"task": parts.info.name})
     try:
-        with tempfile.TemporaryDirectory() as tmp, quiet_mlflow():
+        with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
             spec_file, weights_file = Path(tmp) / SPEC_FILE, Path(tmp) / WEIGHTS_FILE
             spec_file.write_text(json.dumps(spec, indent=1))
             state = {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()
