@@ -203,14 +203,12 @@ class SequenceModule(ObjectiveModule):
         return values
 
     # -- evaluation ----------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self, split: str, batches: EvalBatches) -> dict[str, float]:
-        """Teacher-forced loss and perplexity, then generation scored by the reward, over the whole ``split``; logs
-        the metrics and the sample table, returns the metrics."""
+    def _begin_evaluation(self, split: str) -> tuple[bool, int, Any, torch.Generator | None, dict[str, list]]:
+        """Put the module in eval mode and start the split's sums; return (was training, the split's index, the
+        precision context, the sampling generator, the empty sample table)."""
         was_training = self.training
         self.eval()
         self._start_epoch(split)
-        index = SPLITS.index(split)
         trainer = self._trainer
         context = trainer.precision_plugin.forward_context() if trainer is not None else nullcontext()
         generator = None
@@ -221,6 +219,13 @@ class SequenceModule(ObjectiveModule):
             rows[GOLD] = []
         if split == "val":  # the test split is evaluated once, on the best weights
             rows = {"epoch": [], **rows}
+        return was_training, SPLITS.index(split), context, generator, rows
+
+    @torch.no_grad()
+    def evaluate(self, split: str, batches: EvalBatches) -> dict[str, float]:
+        """Teacher-forced loss and perplexity, then generation scored by the reward, over the whole ``split``; logs
+        the metrics and the sample table, returns the metrics."""
+        was_training, index, context, generator, rows = self._begin_evaluation(split)
         with context:
             for batch in batches:
                 logits = self.model(batch.ids)
