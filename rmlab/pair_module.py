@@ -36,6 +36,7 @@ from rmlab.generation import decode, generate
 from rmlab.kinds import PAIR
 from rmlab.losses.preference_lm import PairLogps, pair_logps
 from rmlab.module import SPLITS
+from rmlab.rewards.extras import GOLD
 from rmlab.sequence_module import SequenceDataModule, SequenceModule
 from rmlab.sequence_pairs import PairChunk, PairEvalBatches, PairTrainBatches, TokenizedPairs, as_rows
 
@@ -75,11 +76,13 @@ class PreferenceModule(SequenceModule):
     # A resumed run must keep the reference of the run's start, not take the resumed weights as a new one: the cache
     # travels in Lightning's checkpoint (tensors only, so it loads with weights_only=True).
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         if self.reference:
             checkpoint[REFERENCE_KEY] = {split: {name: t.detach().cpu() for name, t in logps._asdict().items()}
                                          for split, logps in self.reference.items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get(REFERENCE_KEY)
         if saved:
             self.reference = {split: PairLogps(**fields) for split, fields in saved.items()}
@@ -176,12 +179,11 @@ class PreferenceModule(SequenceModule):
                 out = generate(self.model, batch.prompt_ids, batch.prompt_mask, **self.generation.sampling(),
                                generator=generator)
                 completions = decode(self.tokenizer, out)
-                scores = self.reward.score(completions, batch.examples)
-                self.metrics[index].update(scores.to(self.device, torch.float32))
+                scores, extras = self._score_generations(index, completions, batch.examples)
                 self.token_sums[index] += torch.stack([
                     -logps.chosen.sum(), logps.chosen_tokens.sum(), out.mask.sum().float(),
                     torch.tensor(float(len(completions)), device=self.device)])
-                self._collect_samples(rows, batch.examples, completions, scores)
+                self._collect_samples(rows, batch.examples, completions, scores, extras.get(GOLD))
         self._end_epoch(split)
         self._log_samples(split, rows)
         self.train(was_training)

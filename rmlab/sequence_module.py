@@ -51,6 +51,7 @@ from rmlab.sequence import IGNORE_INDEX
 from rmlab.sequence_data import EvalBatches, PromptChunk, TokenChunk, TokenizedSplit, TrainBatches
 
 TOKEN_TERMS = ("nll", "tokens", "generated", "completions")
+REFERENCE_POLICY_KEY = "rmlab_reference_policy"  # the frozen reference policy's weights in a checkpoint
 
 
 class SequenceModule(ObjectiveModule):
@@ -67,6 +68,7 @@ class SequenceModule(ObjectiveModule):
         # The frozen reference policy (reward feedback only), made as training starts. Kept in __dict__, out of the
         # module tree: neither trained, nor saved with the module, nor counted as its parameters.
         self.__dict__["reference_policy"] = None
+        self._saved_reference: dict[str, Tensor] | None = None
         self._policy_logged_step = 0  # the optimizer step of the last per-step log point (reward feedback)
         self.generation = generation
         self.info = info
@@ -97,7 +99,21 @@ class SequenceModule(ObjectiveModule):
         if self.feedback is not None and self.reference_policy is None:
             from rmlab.sequence_policy import frozen_copy
 
-            self.__dict__["reference_policy"] = frozen_copy(self.model)
+            reference = frozen_copy(self.model)
+            if self._saved_reference is not None:  # a resumed run: the reference of the run's start
+                reference.load_state_dict(self._saved_reference)
+                self._saved_reference = None
+            self.__dict__["reference_policy"] = reference
+
+    # A resumed run must keep the reference policy of the run's start (the init_from or fresh weights), not take the
+    # resumed weights as a new one: its weights travel in Lightning's checkpoint (tensors: weights_only=True loads).
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.reference_policy is not None:
+            checkpoint[REFERENCE_POLICY_KEY] = {k: v.detach().cpu() for k, v in
+                                                self.reference_policy.state_dict().items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._saved_reference = checkpoint.get(REFERENCE_POLICY_KEY)
 
     def training_step(self, chunk: TokenChunk, chunk_idx: int) -> None:
         if self.feedback is not None:
@@ -175,11 +191,13 @@ class SequenceModule(ObjectiveModule):
             self.log("train/sampled_reward", values[-1][1 + names.index("sampled_reward")], prog_bar=True,
                      logger=False)
 
-    def _accumulate(self, split: str, output: Tensor | None, target: Tensor, loss_sum: Tensor) -> None:
-        """Add ``loss_sum`` (summed over the ``target`` rows) to the split's loss; the reward is booked apart."""
+    def _accumulate(self, split: str, output: Tensor | None, target: Tensor, loss_sum: Tensor,
+                    count: Tensor | None = None) -> None:
+        """Add ``loss_sum`` (summed over ``count`` units: by default the ``target`` rows) to the split's loss; the
+        reward is booked apart."""
         row = self.loss_sums[SPLITS.index(split)]
         row[0] += loss_sum.detach().float()
-        row[1] += target.shape[0]
+        row[1] += target.shape[0] if count is None else count
 
     def _start_epoch(self, split: str) -> None:
         super()._start_epoch(split)
@@ -230,16 +248,16 @@ class SequenceModule(ObjectiveModule):
             for batch in batches:
                 logits = self.model(batch.ids)
                 loss = self.loss_fn(logits, batch.labels)
-                self._accumulate(split, None, batch.labels, loss * batch.ids.shape[0])
+                # Weighted by the batch's completion tokens (the loss is their mean), so that {split}/loss is the
+                # token mean over the split whatever generation.batch_size cuts it into.
+                tokens = (batch.labels != IGNORE_INDEX).sum()
+                self._accumulate(split, None, batch.labels, loss * tokens, count=tokens)
                 nll = F.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(), reduction="sum",
                                       ignore_index=IGNORE_INDEX)
                 out = generate(self.model, batch.prompt_ids, batch.prompt_mask, **self.generation.sampling(),
                                generator=generator)
                 completions = decode(self.tokenizer, out)
-                scores, extras = score_with_extras(self.reward, self.info, completions, batch.examples)
-                self.metrics[index].update(scores.to(self.device, torch.float32))
-                if extras:
-                    self.extra_sums[index] += torch.stack([extras[n].sum() for n in self.extra_names]).to(self.device)
+                scores, extras = self._score_generations(index, completions, batch.examples)
                 self.token_sums[index] += torch.stack([
                     nll, (batch.labels != IGNORE_INDEX).sum().float(), out.mask.sum().float(),
                     torch.tensor(float(len(completions)), device=self.device)])
@@ -248,6 +266,15 @@ class SequenceModule(ObjectiveModule):
         self._log_samples(split, rows)
         self.train(was_training)
         return {k: v for k, v in self.epoch_metrics.items() if k.startswith(f"{split}/")}
+
+    def _score_generations(self, index: int, completions: list[str], examples: list) -> tuple[Tensor, dict]:
+        """Score a batch of generated ``completions`` with the reward and book them in the split's metric; the
+        reward's extra values (a combined reward's terms, the gold reward) are booked too, and returned."""
+        scores, extras = score_with_extras(self.reward, self.info, completions, examples)
+        self.metrics[index].update(scores.to(self.device, torch.float32))
+        if extras:
+            self.extra_sums[index] += torch.stack([extras[n].sum() for n in self.extra_names]).to(self.device)
+        return scores, extras
 
     def _collect_samples(self, rows: dict[str, list], examples, completions: list[str], scores: Tensor,
                          gold: Tensor | None = None) -> None:

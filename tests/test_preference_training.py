@@ -466,6 +466,23 @@ def test_val_and_test_are_scored_by_generating_and_checking_the_answer(workdir):
     assert results["test/reward"] == results["test/verifier"]
 
 
+@pytest.mark.slow
+def test_a_combined_reward_logs_each_term_on_pair_tasks_too(workdir):
+    """Each term of reward=combined is booked on a pair task's val and test, as on sequence tasks: neg_length is
+    minus the mean length of the generated completions (every test completion is in the sample table)."""
+    terms = "reward.terms=[{name: exact_match, weight: 1.0}, {name: neg_length, weight: 0.01}]"
+    cfg = compose_config(*TINY, "loss=dpo", "reward=combined", terms, "trainer.max_epochs=1",
+                         "generation.log_samples=1000")
+    results = train(cfg)
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    stored = json.loads(Path(client.download_artifacts(results["run_id"], "samples/test.json", str(workdir)))
+                        .read_text())
+    completions = [row[stored["columns"].index("completion")] for row in stored["data"]]
+    assert len(completions) == len(build_components(cfg).task.load()["test"]) and any(completions)
+    assert results["test/neg_length"] == pytest.approx(-sum(map(len, completions)) / len(completions))
+    assert results["test/reward"] == pytest.approx(results["test/exact_match"] + 0.01 * results["test/neg_length"])
+
+
 def test_readme_commands_compose_and_build(tmp_path, monkeypatch):
     """The README's preference-optimisation commands (run for real in the slow tests above) build as written."""
     monkeypatch.chdir(tmp_path)

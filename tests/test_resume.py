@@ -136,6 +136,21 @@ def test_a_language_model_run_resumes_exactly_too(workdir):
 
 
 @pytest.mark.slow
+def test_a_policy_gradient_run_resumes_exactly_with_its_start_as_the_reference(workdir):
+    """RLOO with a KL leash: the resumed run keeps the reference policy of the run's start (the weights it had before
+    its first step), not the resumed weights, so every KL value and update equals the uninterrupted run's."""
+    from rmlab.sequence_module import SequenceModule
+
+    tiny = [f"hydra.searchpath=[file://{REPO}/tests/conf]", "task=tiny_reverse", "task.max_length=3",
+            "reward=tiny_exact_match", "model=causal_lm", "model.width=32", "model.max_length=16",
+            "feedback=rloo", "feedback.num_samples=2", "feedback.max_new_tokens=4", "feedback.beta=0.1",
+            "feedback.loss_weight=1.0", "generation.max_new_tokens=4", "trainer.max_epochs=3",
+            "trainer.steps_per_chunk=1", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+            "trainer.num_threads=1", "logger.log_model=false", "trainer.checkpoint.min_interval_s=0"]
+    assert_resumed_equals_whole(workdir, tiny, SequenceModule)
+
+
+@pytest.mark.slow
 def test_what_cannot_be_resumed_is_one_line_before_anything_is_created(workdir):
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     short = [o for o in RUN if not o.startswith("feedback")] + ["trainer.max_epochs=2", "experiment=e"]
