@@ -230,6 +230,7 @@ def build_components(cfg: DictConfig) -> Components:
         from rmlab.sequence_build import build_sequence
 
         return build_sequence(cfg, task, info, loss, reward)
+    check_generation_unused(cfg, info)
     feedback = None
     if cfg.feedback.name != "none":
         feedback = instantiate("feedback", cfg.feedback)
@@ -239,6 +240,23 @@ def build_components(cfg: DictConfig) -> Components:
     model = KindHead(net, info.output_kind)
     return Components(task=task, info=info, model=model, loss=loss, reward=reward, feedback=feedback,
                       init_from=initialise_model(cfg, model))
+
+
+def check_generation_unused(cfg: DictConfig, info: Any) -> None:
+    """The ``generation`` group only applies where the model writes text: on other tasks a setting that differs from
+    the default would be silently ignored, so it is refused, naming what was set."""
+    from rmlab.paths import CONFIG_DIR
+
+    # Unresolved on both sides: the default's seed is ${seed}, which only the whole config resolves.
+    default = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "generation" / "greedy.yaml"), resolve=False)
+    given = OmegaConf.to_container(cfg.generation, resolve=False)
+    changed = [f"generation.{k}={given.get(k)}" for k in sorted(set(default) | set(given))
+               if given.get(k) != default.get(k)]
+    if changed:
+        raise IncompatibleError(
+            f"{', '.join(changed)} does not apply to task={info.name}: the generation group sets how a language model "
+            f"writes its completions, and this task's model outputs {info.output_kind!r}, not text. Leave generation "
+            "at its default (greedy) here")
 
 
 def initialise_model(cfg: DictConfig, model: Any) -> str | None:

@@ -227,8 +227,13 @@ def _model_weights(content: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _first_line(err: BaseException) -> str:
+    """The error's first line, without torch's advice to load with weights_only=False (which would run whatever
+    code the file holds: rmlab never does)."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    line = text.splitlines()[0] if text else type(err).__name__
+    if line.startswith("Weights only load failed"):
+        return "it is not a torch file, or holds more than tensors and plain containers"
+    return line
 
 
 # --- compatibility ------------------------------------------------------------------------------------------------

@@ -117,6 +117,8 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
                       "loss=bradley_terry", "reward=preference_accuracy"]
     if group == "feedback" and option in SEQUENCE_FEEDBACK:
         overrides += ["task=reverse", "task.n_examples=100", "reward=exact_match", *LM]
+    if group == "generation":  # acts on language-model tasks only (refused elsewhere: test_validation.py)
+        overrides += ["task=reverse", "task.n_examples=100", "reward=exact_match", *LM]
     cfg = compose_config(*overrides)
     if (group, option) == ("trainer", "gpu") and not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="trainer.accelerator=gpu but this machine has no CUDA GPU"):

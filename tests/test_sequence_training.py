@@ -112,6 +112,16 @@ def test_token_losses_precisions_and_settings_train_through_the_run(workdir, ove
         assert math.isfinite(results[name]), name
 
 
+def test_evaluation_numbers_do_not_depend_on_the_generation_batch_size(workdir):
+    """val/test loss is the token mean over the split (for cross entropy, the log of the perplexity), not a mean of
+    per-batch means that the evaluation batch size would change."""
+    runs = [train(compose_config(*TINY, "trainer.max_epochs=1", f"generation.batch_size={size}"))
+            for size in (64, 3)]
+    for key in ("test/loss", "test/perplexity", "test/reward", "val/selected_reward"):
+        assert runs[0][key] == pytest.approx(runs[1][key], rel=1e-5), key
+    assert runs[0]["test/loss"] == pytest.approx(math.log(runs[0]["test/perplexity"]), rel=1e-5)
+
+
 def test_sampled_evaluation_is_seeded(workdir):
     from rmlab.sequence_module import SequenceDataModule, SequenceModule
 

@@ -91,6 +91,18 @@ def test_a_gpu_that_is_not_there_is_refused_before_the_store_exists(workdir):
     assert not (workdir / "mlflow.db").exists()
 
 
+@pytest.mark.parametrize("override, named", [
+    ("generation.max_new_tokens=3", "generation.max_new_tokens=3"),
+    ("generation=sample", "generation.do_sample=True"),
+    ("generation.seed=5", "generation.seed=5"),
+])
+def test_generation_settings_on_a_task_that_generates_nothing_are_refused(workdir, override, named):
+    """Nothing silently ignored: the generation group only acts on language-model tasks."""
+    with pytest.raises(ConfigError, match=rf"{re.escape(named)}.* does not apply to task=wine: .*outputs 'logits'"):
+        train(compose_config(*FAST, "task=wine", override))
+    assert not (workdir / "mlflow.db").exists()
+
+
 def test_gradient_accumulation_is_a_trainer_option(workdir):
     results = train(compose_config(*FAST, "logger=none", "task=wine", "trainer.accumulate_grad_batches=2"))
     assert results["test/reward"] > 0

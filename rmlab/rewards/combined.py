@@ -32,7 +32,8 @@ LABEL = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 # Metric names a run logs itself under {split}/: a term's label must not shadow one.
 RESERVED = ("reward", "loss", "perplexity", "completion_length", "gold_reward", "selected_reward", "selected_epoch",
             "best_reward", "last_reward", "score_mean", "score_std", "pg_loss", "sampled_reward", "baseline",
-            "reward_std", "zero_std_groups", "kl", "kl_sequence", "entropy", "clip_fraction", "advantage_std")
+            "reward_std", "zero_std_groups", "kl", "kl_sequence", "entropy", "clip_fraction", "advantage_std",
+            "loss_step", "implicit_accuracy", "implicit_margin")
 
 
 class CombinedReward(TextReward):
