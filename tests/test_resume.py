@@ -31,21 +31,26 @@ RUN = ["task=wine", "task.batch_size=16", "trainer.max_epochs=5", "trainer.enabl
 STEPS_PER_EPOCH = 8
 
 
-def interrupted(cfg, step: int, module: type | None = None) -> None:
-    """Train ``cfg``, sending this process SIGTERM when training reaches optimizer step ``step``."""
+def interrupted(cfg, step: int, module: type | None = None) -> bool:
+    """Train ``cfg``, sending this process SIGTERM when training reaches optimizer step ``step``; returns whether a
+    last.ckpt existed then."""
+    from rmlab.last_checkpoint import LastCheckpoint
     from rmlab.module import ObjectiveModule
 
     module = module or ObjectiveModule
     original = module.training_step
+    existed = []
 
     def training_step(self, chunk, chunk_idx):
-        if self.global_step == step:
+        if self.global_step == step and not existed:
+            existed.extend(c.path.is_file() for c in self.trainer.callbacks if isinstance(c, LastCheckpoint))
             signal.raise_signal(signal.SIGTERM)
         return original(self, chunk, chunk_idx)
 
     with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupted):
         patch.setattr(module, "training_step", training_step)
         train(cfg)
+    return any(existed)
 
 
 def histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
@@ -79,9 +84,10 @@ def tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
     return flat
 
 
-def assert_resumed_equals_whole(workdir: Path, overrides: list[str], module: type | None = None) -> None:
-    """Train ``overrides`` whole; train them again, interrupted by SIGTERM in the middle of an epoch past the first,
-    then resumed: the same run, the same numbers."""
+def assert_resumed_equals_whole(workdir: Path, overrides: list[str], module: type | None = None,
+                                cut_with: list[str] | None = None) -> None:
+    """Train ``overrides`` whole; train them again (``cut_with``, if given: the same run under other free keys),
+    interrupted by SIGTERM in the middle of an epoch past the first, then resumed: the same run, the same numbers."""
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     whole = train(compose_config(*overrides, "experiment=whole"))
     whole_run = client.get_run(whole["run_id"])
@@ -91,7 +97,8 @@ def assert_resumed_equals_whole(workdir: Path, overrides: list[str], module: typ
     at = epochs // 2 * per_epoch + per_epoch // 2  # in the middle of an epoch past the first
     assert per_epoch >= 4
 
-    interrupted(compose_config(*overrides, "experiment=cut"), at, module)
+    written_before = interrupted(compose_config(*(cut_with or overrides), "experiment=cut"), at, module)
+    assert written_before == (cut_with is None)  # without an epoch-end write, the interrupt alone wrote the file
     cut = only_run(client, "cut")
     run_id = cut.info.run_id
     assert cut.info.status == "KILLED" and cut.data.tags["error"] == "interrupted (SIGTERM)"
@@ -123,6 +130,15 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(workdir):
 
 
 @pytest.mark.slow
+def test_an_interrupt_saves_the_last_whole_epoch_that_the_interval_did_not_write(workdir):
+    """With the default min_interval_s (30 s) these short runs write no last.ckpt at epoch ends: the interrupt writes
+    the snapshot of the last whole epoch, exactly what an epoch-end write would have held."""
+    every_epoch = "trainer.checkpoint.min_interval_s=0"
+    assert every_epoch in RUN
+    assert_resumed_equals_whole(workdir, RUN, cut_with=[o for o in RUN if o != every_epoch])
+
+
+@pytest.mark.slow
 def test_a_language_model_run_resumes_exactly_too(workdir):
     """A causal LM with sampled evaluation: its own batch order, generation seeds and token metrics."""
     from rmlab.sequence_module import SequenceModule
@@ -143,8 +159,8 @@ def test_what_cannot_be_resumed_is_one_line_before_anything_is_created(workdir):
     interrupted(compose_config(*short), STEPS_PER_EPOCH + 2)
     killed = [r for r in client.search_runs([client.get_experiment_by_name("e").experiment_id])
               if r.info.status == "KILLED"][0].info.run_id
-    # Past its first epoch, but not min_interval_s (default 30) of training: no last.ckpt yet.
-    interrupted(compose_config(*[o for o in short if "min_interval_s" not in o]), STEPS_PER_EPOCH + 2)
+    # In its first epoch, before min_interval_s (default 30) of training: no whole epoch, no last.ckpt.
+    interrupted(compose_config(*[o for o in short if "min_interval_s" not in o]), 2)
     early = [r for r in client.search_runs([client.get_experiment_by_name("e").experiment_id])
              if r.info.status == "KILLED" and r.info.run_id != killed][0].info.run_id
     runs_before = len(client.search_runs([client.get_experiment_by_name("e").experiment_id]))
