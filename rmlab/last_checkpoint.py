@@ -14,8 +14,11 @@ or a list or dict of them, so the file loads with ``torch.load(..., weights_only
 At an epoch end whose write the interval skips, it keeps instead a *snapshot* in memory: exactly what the write would
 have saved (Lightning's checkpoint, captured on its way to the file, its tensors copied to the host). A run that stops
 before its end (SIGTERM, Ctrl-C, an error: ``save_snapshot``, which ``rmlab.run`` calls before the run is closed) writes
-that snapshot, so it loses at most the epoch it was in; a snapshot costs a fraction of a write
-(``bench/last_checkpoint.py``).
+that snapshot, so it loses the epoch it was in and little more. A snapshot costs a fraction of a write (about 0.5 ms
+on a small MLP, ``bench/last_checkpoint.py``), which is still a quarter of an epoch of the smallest tasks: so that
+snapshots take at most ``SNAPSHOT_SHARE`` of training, one is skipped while less than ``1 / SNAPSHOT_SHARE`` times the
+last one's cost has passed since it (the first is always taken). Epochs longer than that (about 25 ms) are each
+kept.
 
 Only whole epochs are saved: a run stopped in the middle of an epoch resumes at the start of that epoch, which makes
 the resumed run train exactly the batches, in the same order, with the same random draws, as a run that was never
@@ -38,6 +41,9 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning.callbacks import Checkpoint
+
+WRITE, SNAPSHOT = "write", "snapshot"
+SNAPSHOT_SHARE = 0.02  # of training time, at most, spent on snapshots (see the module docstring)
 
 
 def rng_state() -> dict[str, Any]:
@@ -75,6 +81,8 @@ class LastCheckpoint(Checkpoint):
         self.every_n_epochs = every_n_epochs
         self.min_interval_s = min_interval_s
         self._since = time.monotonic()  # of the last write, or of the start of training
+        self._kept_at = self._since  # of the last write or snapshot, or of the start of training
+        self._snapshot_s = 0.0  # what the last snapshot cost
         self._trainer: pl.Trainer | None = None
         self._restored: dict[str, Any] | None = None
         self._snapshot: tuple[CheckpointIO, dict[str, Any]] | None = None  # (rank 0's writer, the checkpoint)
@@ -85,14 +93,25 @@ class LastCheckpoint(Checkpoint):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        # Every rank must take the same decision (writing is collective): rank 0's clock decides, as in Lightning's
-        # own ModelCheckpoint(train_time_interval=...).
-        if trainer.strategy.broadcast(time.monotonic() - self._since >= self.min_interval_s):
+        # Every rank must take the same decision (writing and snapshots are collective): rank 0's clock decides, as in
+        # Lightning's own ModelCheckpoint(train_time_interval=...).
+        decision = trainer.strategy.broadcast(self._decide(time.monotonic()))
+        if decision == WRITE:
             self.save(trainer)
-            self._since = time.monotonic()
+            self._since = self._kept_at = time.monotonic()
             self._snapshot = None  # the file is newer
-        else:
+        elif decision == SNAPSHOT:
+            started = time.monotonic()
             self.snapshot(trainer)
+            self._kept_at = time.monotonic()
+            self._snapshot_s = self._kept_at - started
+
+    def _decide(self, now: float) -> str | None:
+        if now - self._since >= self.min_interval_s:
+            return WRITE
+        if now - self._kept_at >= self._snapshot_s / SNAPSHOT_SHARE:
+            return SNAPSHOT
+        return None
 
     def save(self, trainer: pl.Trainer) -> None:
         """Write the checkpoint: every rank takes part, the global rank 0 writes. Lightning writes it atomically (a
@@ -127,7 +146,7 @@ class LastCheckpoint(Checkpoint):
         self._restored = state_dict  # applied once training starts, after Lightning has built the training batches
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._since = time.monotonic()
+        self._since = self._kept_at = time.monotonic()
         if self._restored is None:
             return
         state, self._restored = self._restored, None
@@ -167,10 +186,15 @@ class _Capture(CheckpointIO):
         raise RuntimeError("rmlab.last_checkpoint: nothing is removed while a snapshot is taken")
 
 
+_IMMUTABLE = (bool, int, float, complex, str, bytes)
+
+
 def host_copy(value: Any, memo: dict[int, Any] | None = None) -> Any:
     """A copy of a checkpoint that shares nothing with the training state: each tensor copied to the host (once, if
     it appears twice), containers rebuilt, anything else deep-copied (the module's weights and the optimizer's
     moments change in place as training goes on; a copy on the host spares the accelerator's memory)."""
+    if value is None or type(value) in _IMMUTABLE:  # most leaves: the loops' counters, the optimizer's settings
+        return value
     memo = {} if memo is None else memo
     if isinstance(value, torch.Tensor):
         if id(value) not in memo:

@@ -103,7 +103,11 @@ def assert_resumed_equals_whole(workdir: Path, overrides: list[str], module: typ
     run_id = cut.info.run_id
     assert cut.info.status == "KILLED" and cut.data.tags["error"] == "interrupted (SIGTERM)"
     last = Path(cut.data.tags[LAST_TAG])
-    assert torch.load(last, weights_only=True)["global_step"] == epochs // 2 * per_epoch  # the last whole epoch
+    kept = torch.load(last, weights_only=True)["global_step"]
+    if cut_with is None:
+        assert kept == epochs // 2 * per_epoch  # the last whole epoch
+    else:  # the last whole epoch, or an earlier one whose snapshot came too soon after the last (SNAPSHOT_SHARE)
+        assert kept % per_epoch == 0 and per_epoch <= kept <= epochs // 2 * per_epoch
     assert max(s for s, _ in histories(client, run_id)["train/loss_step"]) > at - 1  # the cut epoch logged steps
 
     resumed = train(compose_config(*overrides, "experiment=cut", f"resume={run_id}", "logger.flush_every_s=0.5"))
@@ -136,6 +140,19 @@ def test_an_interrupt_saves_the_last_whole_epoch_that_the_interval_did_not_write
     every_epoch = "trainer.checkpoint.min_interval_s=0"
     assert every_epoch in RUN
     assert_resumed_equals_whole(workdir, RUN, cut_with=[o for o in RUN if o != every_epoch])
+
+
+def test_snapshots_take_a_bounded_share_of_training_and_a_write_makes_them_stale(tmp_path):
+    from rmlab.last_checkpoint import SNAPSHOT, SNAPSHOT_SHARE, WRITE, LastCheckpoint
+
+    keeper = LastCheckpoint(tmp_path / "last.ckpt", every_n_epochs=1, min_interval_s=30)
+    start = keeper._since
+    assert keeper._decide(start + 0.001) == SNAPSHOT  # the first is always taken
+    keeper._kept_at, keeper._snapshot_s = start + 1, 0.002  # one taken at 1 s, which cost 2 ms
+    assert keeper._decide(start + 1 + 0.5 * 0.002 / SNAPSHOT_SHARE) is None
+    assert keeper._decide(start + 1 + 1.01 * 0.002 / SNAPSHOT_SHARE) == SNAPSHOT
+    assert keeper._decide(start + 30) == WRITE
+    assert keeper.save_snapshot() is None and not keeper.path.exists()  # nothing kept: nothing written
 
 
 @pytest.mark.slow
