@@ -53,6 +53,32 @@ def interrupted(cfg, step: int, module: type | None = None) -> bool:
     return any(existed)
 
 
+CTRL_C_AT_STEP = """
+import os, runpy, signal, sys
+from rmlab.module import ObjectiveModule
+
+step = int(sys.argv.pop(1))
+original = ObjectiveModule.training_step
+
+def training_step(self, chunk, chunk_idx):
+    if self.global_step == step:
+        os.kill(os.getpid(), signal.SIGINT)
+    return original(self, chunk, chunk_idx)
+
+ObjectiveModule.training_step = training_step
+runpy.run_module("rmlab", run_name="__main__", alter_sys=True)
+"""
+
+
+def ctrl_c_in_a_process(workdir: Path, overrides: list[str], step: int) -> None:
+    """``python -m rmlab overrides`` in a process of its own, which receives SIGINT (Ctrl-C) when training reaches
+    optimizer step ``step``: it must exit 130, as a shell reports a process stopped by Ctrl-C."""
+    done = subprocess.run([PYTHON, "-c", CTRL_C_AT_STEP, str(step), *overrides], cwd=workdir, env=cli_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130, done.stderr[-3000:]
+    assert "rmlab: saved the state after epoch" in done.stdout + done.stderr
+
+
 def histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
     run = client.get_run(run_id)
     return {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
@@ -85,9 +111,10 @@ def tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 def assert_resumed_equals_whole(workdir: Path, overrides: list[str], module: type | None = None,
-                                cut_with: list[str] | None = None) -> None:
+                                cut_with: list[str] | None = None, ctrl_c: bool = False) -> None:
     """Train ``overrides`` whole; train them again (``cut_with``, if given: the same run under other free keys),
-    interrupted by SIGTERM in the middle of an epoch past the first, then resumed: the same run, the same numbers."""
+    interrupted in the middle of an epoch past the first (by SIGTERM in this process, or with ``ctrl_c`` by SIGINT in
+    a process of its own), then resumed: the same run, the same numbers."""
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     whole = train(compose_config(*overrides, "experiment=whole"))
     whole_run = client.get_run(whole["run_id"])
@@ -97,11 +124,15 @@ def assert_resumed_equals_whole(workdir: Path, overrides: list[str], module: typ
     at = epochs // 2 * per_epoch + per_epoch // 2  # in the middle of an epoch past the first
     assert per_epoch >= 4
 
-    written_before = interrupted(compose_config(*(cut_with or overrides), "experiment=cut"), at, module)
-    assert written_before == (cut_with is None)  # without an epoch-end write, the interrupt alone wrote the file
+    if ctrl_c:
+        ctrl_c_in_a_process(workdir, [*(cut_with or overrides), "experiment=cut"], at)
+    else:
+        written_before = interrupted(compose_config(*(cut_with or overrides), "experiment=cut"), at, module)
+        assert written_before == (cut_with is None)  # without an epoch-end write, the interrupt alone wrote the file
     cut = only_run(client, "cut")
     run_id = cut.info.run_id
-    assert cut.info.status == "KILLED" and cut.data.tags["error"] == "interrupted (SIGTERM)"
+    signame = "SIGINT" if ctrl_c else "SIGTERM"
+    assert cut.info.status == "KILLED" and cut.data.tags["error"] == f"interrupted ({signame})"
     last = Path(cut.data.tags[LAST_TAG])
     kept = torch.load(last, weights_only=True)["global_step"]
     if cut_with is None:
@@ -153,6 +184,12 @@ def test_snapshots_take_a_bounded_share_of_training_and_a_write_makes_them_stale
     assert keeper._decide(start + 1 + 1.01 * 0.002 / SNAPSHOT_SHARE) == SNAPSHOT
     assert keeper._decide(start + 30) == WRITE
     assert keeper.save_snapshot() is None and not keeper.path.exists()  # nothing kept: nothing written
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_last_whole_epoch_too(workdir):
+    """Ctrl-C (SIGINT to a real process: Lightning catches it and exits through SystemExit) writes the snapshot too."""
+    assert_resumed_equals_whole(workdir, RUN, cut_with=[o for o in RUN if "min_interval_s" not in o], ctrl_c=True)
 
 
 @pytest.mark.slow
