@@ -193,6 +193,26 @@ def test_ctrl_c_saves_the_last_whole_epoch_too(workdir):
 
 
 @pytest.mark.slow
+def test_a_run_that_fails_after_a_whole_epoch_saves_it_too(workdir):
+    from rmlab.module import ObjectiveModule
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    original = ObjectiveModule.training_step
+
+    def training_step(self, chunk, chunk_idx):
+        if self.global_step == STEPS_PER_EPOCH + 2:
+            raise RuntimeError("broken on purpose")
+        return original(self, chunk, chunk_idx)
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(RuntimeError, match="broken on purpose"):
+        patch.setattr(ObjectiveModule, "training_step", training_step)
+        train(compose_config(*[o for o in RUN if "min_interval_s" not in o], "experiment=f"))
+    run = only_run(client, "f")
+    assert run.info.status == "FAILED" and "broken on purpose" in run.data.tags["error"]
+    assert torch.load(run.data.tags[LAST_TAG], weights_only=True)["global_step"] == STEPS_PER_EPOCH
+
+
+@pytest.mark.slow
 def test_a_language_model_run_resumes_exactly_too(workdir):
     """A causal LM with sampled evaluation: its own batch order, generation seeds and token metrics."""
     from rmlab.sequence_module import SequenceModule
