@@ -8,11 +8,12 @@
 - during training (``lightning_callback``), SIGTERM stops at the next batch boundary: Lightning's own handler stops
   its loop there, so the weights are those of a whole step. A second SIGTERM, and Ctrl-C, stop at once;
 - leaving runs the ``on_stop`` hooks when the run did not finish (an interrupt or an error, not an Optuna pruning:
-  ``rmlab.run`` writes the last whole epoch's ``last.ckpt`` there), then closes the run whatever happened: FINISHED; KILLED for Ctrl-C or SIGTERM (``error``: ``interrupted
-  (SIGTERM)``) or an Optuna pruning; FAILED with ``error`` = the exception for anything else. Queued metrics are
-  flushed first, and a signal arriving while the run closes is remembered but does not cut the close short. An
-  interrupted run raises ``Interrupted``, whose ``exit_code`` (130 for Ctrl-C, 143 for SIGTERM) the entry point exits
-  with, even where Lightning turned the interrupt into ``SystemExit(1)`` or its own ``SIGTERMException``.
+  ``rmlab.run`` writes the last whole epoch's ``last.ckpt`` there), then closes the run whatever happened: FINISHED;
+  KILLED for Ctrl-C or SIGTERM (``error``: ``interrupted (SIGTERM)``) or an Optuna pruning; FAILED with ``error`` =
+  the exception for anything else. Queued metrics are flushed first, and a signal arriving while the hooks run or
+  the run closes is remembered but does not cut them short. An interrupted run raises ``Interrupted``, whose
+  ``exit_code`` (130 for Ctrl-C, 143 for SIGTERM) the entry point exits with, even where Lightning turned the
+  interrupt into ``SystemExit(1)`` or its own ``SIGTERMException``.
 
 How the Hydra task function uses it, for a single run and for a sweep job: ``rmlab.jobs``.
 """
