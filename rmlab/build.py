@@ -92,6 +92,22 @@ def group_options(group: str) -> dict[str, str]:
     return _packaged_options(group)
 
 
+def option_config(group: str, option: str) -> DictConfig | None:
+    """The config file of one option of a group (``reward/bleu``), unresolved, from Hydra's search path when Hydra is
+    initialised (user config dirs included), else from the packaged conf/ folder; None when there is no such option."""
+    try:
+        from hydra.core.global_hydra import GlobalHydra
+
+        if GlobalHydra.instance().is_initialized():
+            result = GlobalHydra.instance().config_loader().repository.load_config(config_path=f"{group}/{option}")
+            if result is not None:
+                return result.config
+    except Exception:  # Hydra not initialised (a plain library call): read the packaged configs
+        pass
+    path = CONFIG_DIR / group / f"{option}.yaml"
+    return OmegaConf.load(path) if path.is_file() else None
+
+
 @lru_cache(maxsize=None)
 def _packaged_options(group: str) -> dict[str, str]:
     found = {}

@@ -5,7 +5,9 @@
 - an MLflow run id (32 hex digits), looked up in the run's store (``logger.tracking_uri``, else
   ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``): its ``checkpoints/best.ckpt`` artifact (logged with
   ``logger.log_checkpoint=true``), else the checkpoint in the output folder the run recorded (tag
-  ``rmlab.output_dir``) while that folder is still on this machine; the run's model config is its ``config.yaml``;
+  ``rmlab.output_dir``) while that folder is still on this machine, else the weights of the run's logged MLflow
+  model (``logger.log_model=true``, for the kinds that have one); the run's model and task configs are its
+  ``config.yaml``;
 - a run's output folder (it holds ``checkpoints/best.ckpt``);
 - a checkpoint file written by rmlab (``{"state_dict": ..., "model_config": ...}``).
 
@@ -44,16 +46,22 @@ PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 @dataclass(frozen=True)
 class Source:
     """A resolved ``init_from``: the model's weights, the model config they were trained with (None if unknown) and
-    how the source is recorded on the new run (tag ``rmlab.init_from``)."""
+    how the source is recorded on the new run (tag ``rmlab.init_from``); where known, the run's task config and its
+    model spec (``rmlab.serving.export.model_spec``: sizes, output kind, input type, a text model's ``max_length``
+    and whether it reads prompts), which a reward model used as a reward is rebuilt from."""
 
     label: str  # "run <id>" or the checkpoint's absolute path
     state_dict: dict[str, Any]  # the model's own tensors (the ``model.`` prefix removed)
     model_config: dict[str, Any] | None
+    task_config: dict[str, Any] | None = None
+    spec: dict[str, Any] | None = None
 
 
-def checkpoint_meta(model_config: dict[str, Any]) -> dict[str, Any]:
-    """What rmlab stores in ``best.ckpt`` beside the weights, so that a checkpoint file alone can be checked."""
-    return {"model_config": model_config}
+def checkpoint_meta(model_config: dict[str, Any], task_config: dict[str, Any] | None = None,
+                    spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What rmlab stores in ``best.ckpt`` beside the weights, so that a checkpoint file alone can be checked (and a
+    reward model rebuilt)."""
+    return {"model_config": model_config, "task_config": task_config, "spec": spec}
 
 
 def resolve(value: str, tracking_uri: str | None) -> Source:
@@ -79,7 +87,8 @@ def _from_path(path: Path, value: str) -> Source:
     config = content.get("model_config")
     if config is None:  # a checkpoint from before rmlab stored its model config: the run folder's Hydra config
         config = _hydra_model_config(file)
-    return Source(str(file.resolve()), _model_weights(content, f"init_from={value}"), config)
+    return Source(str(file.resolve()), _model_weights(content, f"init_from={value}"), config,
+                  content.get("task_config"), content.get("spec"))
 
 
 def _hydra_model_config(file: Path) -> dict[str, Any] | None:
@@ -136,11 +145,23 @@ def _read_run(run_id: str, uri: str, where: str) -> Source:
     if run.info.lifecycle_stage == "deleted":
         raise ConfigError(f"{where}: the run is deleted in {uri}")
     with tempfile.TemporaryDirectory(prefix="rmlab-init-") as tmp:
+        config_file = _download(client, run_id, "config.yaml", tmp)
+        config, task = None, None
+        if config_file is not None:
+            from omegaconf import OmegaConf
+
+            saved = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False)
+            config = saved.get("model") if isinstance(saved.get("model"), dict) else None
+            task = saved.get("task") if isinstance(saved.get("task"), dict) else None
         file = _download(client, run_id, CHECKPOINT.as_posix(), tmp)
         if file is None:
             folder = run.data.tags.get(OUTPUT_DIR_TAG)
             local = Path(folder) / CHECKPOINT if folder else None
             if local is None or not local.is_file():
+                logged = _logged_model(client, run, uri, tmp, where)
+                if logged is not None:
+                    state, spec = logged
+                    return Source(f"run {run_id}", state, config or spec.get("network"), task, spec)
                 raise ConfigError(
                     f"{where}: the run has no {CHECKPOINT.as_posix()} artifact (run it with "
                     "logger.log_checkpoint=true and trainer.checkpoint.enabled=true)"
@@ -148,14 +169,30 @@ def _read_run(run_id: str, uri: str, where: str) -> Source:
                     + "; or give init_from=<checkpoint file>")
             file = local
         content = _read(file, where)
-        config_file = _download(client, run_id, "config.yaml", tmp)
-        config = None
-        if config_file is not None:
-            from omegaconf import OmegaConf
+    return Source(f"run {run_id}", _model_weights(content, where), config or content.get("model_config"),
+                  task or content.get("task_config"), content.get("spec"))
 
-            model = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False).get("model")
-            config = model if isinstance(model, dict) else None
-    return Source(f"run {run_id}", _model_weights(content, where), config or content.get("model_config"))
+
+def _logged_model(client, run, uri: str, into: str, where: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(weights, spec) of the run's logged MLflow model (``rmlab.serving.export``), or None if it logged none."""
+    import json
+
+    models = [output.model_id for output in (run.outputs.model_outputs if run.outputs else [])]
+    if not models:
+        return None
+    import mlflow.artifacts
+    import torch
+
+    from rmlab.serving.pyfunc import SPEC_FILE, WEIGHTS_FILE
+
+    location = client.get_logged_model(models[-1]).artifact_location.rstrip("/")
+    try:
+        files = {name: mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/artifacts/{name}", dst_path=into,
+                                                           tracking_uri=uri) for name in (SPEC_FILE, WEIGHTS_FILE)}
+        state = torch.load(files[WEIGHTS_FILE], map_location="cpu", weights_only=True)
+    except Exception as err:  # an artifact store that cannot be read, a file that is not what rmlab wrote
+        raise ConfigError(f"{where}: cannot read the run's logged model: {_first_line(err)}") from err
+    return state, json.loads(Path(files[SPEC_FILE]).read_text())
 
 
 def _download(client, run_id: str, artifact: str, into: str) -> Path | None:

@@ -50,3 +50,6 @@ class TaskInfo:
     # (``rmlab.sequence.Verifier``).
     labels: tuple[str, ...] | None = None
     verifier: Callable[[str, Any], float] | None = None
+    # Sequence tasks with a hidden true reward (the known-reward tasks): ``gold(completion, example) -> float``, any
+    # real range, higher is better. A run logs it as ``{split}/gold_reward`` beside whatever reward it uses.
+    gold: Callable[[str, Any], float] | None = None

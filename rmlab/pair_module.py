@@ -160,18 +160,7 @@ class PreferenceModule(SequenceModule):
     def evaluate(self, split: str, batches: PairEvalBatches) -> dict[str, float]:  # type: ignore[override]
         """Teacher-forced loss, implicit rewards and the chosen completions' perplexity, then generation scored by the
         reward, over the whole ``split``; logs the metrics and the sample table, returns the metrics."""
-        was_training = self.training
-        self.eval()
-        self._start_epoch(split)
-        index = SPLITS.index(split)
-        trainer = self._trainer
-        context = trainer.precision_plugin.forward_context() if trainer is not None else nullcontext()
-        generator = None
-        if self.generation.do_sample:  # the same draws at every evaluation, so evaluations compare
-            generator = torch.Generator(self.device).manual_seed(self.generation.seed)
-        rows: dict[str, list] = {"prompt": [], "completion": [], "reference": [], "reward": []}
-        if split == "val":
-            rows = {"epoch": [], **rows}
+        was_training, index, context, generator, rows = self._begin_evaluation(split)
         with context:
             for batch in batches:
                 size = batch.ids.shape[0]

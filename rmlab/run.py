@@ -231,7 +231,7 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         validation.restore(module)  # test the weights with the best val/reward (if kept)
         results: dict[str, Any] = module.evaluate("test", data.test_batches())
         results.update(selection_metrics(validation))
-        extra = checkpoint_extra(cfg)
+        extra = checkpoint_extra(cfg, parts)
         saved = validation.save(out / "checkpoints" / "best.ckpt", extra) if trainer.is_global_zero else None
         if tracker is not None and cfg.logger.log_checkpoint and saved is not None:
             tracker.upload(f"the checkpoint {saved.name}", tracker.log_artifact, saved, "checkpoints")
@@ -258,11 +258,18 @@ def source_tags(parts: Components, out: Path) -> dict[str, str]:
     return tags
 
 
-def checkpoint_extra(cfg: DictConfig) -> dict[str, Any]:
-    """Saved in ``best.ckpt`` beside the weights: the model config, which ``init_from`` checks a later run against."""
+def checkpoint_extra(cfg: DictConfig, parts: Components) -> dict[str, Any]:
+    """Saved in ``best.ckpt`` beside the weights: the model config, which ``init_from`` checks a later run against,
+    the task config, and where the task's kind has a served form the model spec (sizes, a text model's settings:
+    what ``reward=reward_model`` rebuilds a reward model from)."""
     from rmlab.init_from import checkpoint_meta
+    from rmlab.serving.export import model_spec
+    from rmlab.serving.io import io_class_for
 
-    return checkpoint_meta(OmegaConf.to_container(cfg.model, resolve=True))
+    io_cls = io_class_for(parts.info)
+    return checkpoint_meta(OmegaConf.to_container(cfg.model, resolve=True),
+                           task_config=OmegaConf.to_container(cfg.task, resolve=True),
+                           spec=model_spec(cfg, parts, io_cls) if io_cls is not None else None)
 
 
 # -- resuming an interrupted run (resume=<run id>) ------------------------------------------------------------------

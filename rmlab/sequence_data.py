@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -206,22 +206,27 @@ class EvalBatch(NamedTuple):
 
 class EvalBatches:
     """A split in its own order, ``batch_size`` examples at a time (the first batch holds the first examples, whose
-    generations the sample table shows)."""
+    generations the sample table shows). Rows may carry extra dimensions between the example and the token (a
+    pair's two sequences: ``rmlab.sequence_pairs``); the cut to the batch's longest row applies to the last one."""
 
-    def __init__(self, split: TokenizedSplit, batch_size: int) -> None:
+    def __init__(self, split: Any, batch_size: int) -> None:
         self.split = split
         self.batch_size = batch_size
 
     def __len__(self) -> int:
         return -(-len(self.split) // self.batch_size)
 
-    def __iter__(self) -> Iterator[EvalBatch]:
+    def _batch(self, start: int, stop: int, width: int, prompt: int) -> EvalBatch:
         split = self.split
-        full_prompt = split.prompt_ids.shape[1]
+        cut = split.prompt_ids.shape[1] - prompt  # prompts are left-padded: keep the last columns
+        return EvalBatch(split.ids[start:stop, ..., :width], split.labels[start:stop, ..., :width],
+                         split.prompt_ids[start:stop, cut:], split.prompt_mask[start:stop, cut:],
+                         split.examples[start:stop])
+
+    def __iter__(self) -> Iterator[Any]:
+        split = self.split
         for start in range(0, len(split), self.batch_size):
             stop = min(start + self.batch_size, len(split))
             width = int(split.lengths[start:stop].max())
             prompt = int(split.prompt_lengths[start:stop].max())
-            yield EvalBatch(split.ids[start:stop, :width], split.labels[start:stop, :width],
-                            split.prompt_ids[start:stop, full_prompt - prompt:],
-                            split.prompt_mask[start:stop, full_prompt - prompt:], split.examples[start:stop])
+            yield self._batch(start, stop, width, prompt)

@@ -12,9 +12,11 @@ differs is what a batch is (``rmlab.sequence_data``) and what evaluation does:
 - ``{split}/reward`` (and under the reward's own name): the reward of completions generated for the split's
   prompts with the ``generation`` settings, scored against the examples; it selects the best checkpoint;
 - ``{split}/completion_length``: mean generated tokens per completion (EOS included);
-- a table of sample generations (prompt, completion, reference, reward; for val also the epoch, numbered as the
-  ``epoch`` metric) for the split's first ``generation.log_samples`` examples, appended to the run's
-  ``samples/<split>.json`` at each evaluation.
+- ``{split}/<term>`` for each term of a combined reward, and ``{split}/gold_reward`` on a task with a hidden true
+  reward (``rmlab.rewards.extras``): means over the split's completions;
+- a table of sample generations (prompt, completion, reference, reward, and gold_reward where the task has one;
+  for val also the epoch, numbered as the ``epoch`` metric) for the split's first ``generation.log_samples``
+  examples, appended to the run's ``samples/<split>.json`` at each evaluation.
 
 Without feedback training never generates, so the training split logs ``train/loss`` only (a reward on training
 prompts would cost a generation pass over the whole training set every epoch). With reward feedback
@@ -44,6 +46,7 @@ from rmlab.errors import NonFiniteLossError
 from rmlab.generation import GenerationConfig, decode, generate
 from rmlab.kinds import TaskInfo
 from rmlab.module import SPLITS, ObjectiveModule
+from rmlab.rewards.extras import GOLD, extra_names, score_with_extras
 from rmlab.sequence import IGNORE_INDEX
 from rmlab.sequence_data import EvalBatches, PromptChunk, TokenChunk, TokenizedSplit, TrainBatches
 
@@ -66,10 +69,14 @@ class SequenceModule(ObjectiveModule):
         self.__dict__["reference_policy"] = None
         self._policy_logged_step = 0  # the optimizer step of the last per-step log point (reward feedback)
         self.generation = generation
+        self.info = info
         self.tokenizer = model.tokenizer
         self.tokens_trained = 0
         # Per split: summed NLL of the reference tokens, their count, generated tokens, generated completions.
         self.register_buffer("token_sums", torch.zeros(len(SPLITS), len(TOKEN_TERMS)), persistent=False)
+        # Per split: the sums of the extras logged beside the reward (a combined reward's terms, the gold reward).
+        self.extra_names = extra_names(reward, info)
+        self.register_buffer("extra_sums", torch.zeros(len(SPLITS), len(self.extra_names)), persistent=False)
 
     def forward(self, ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         return self.model(ids, attention_mask)
@@ -177,6 +184,7 @@ class SequenceModule(ObjectiveModule):
     def _start_epoch(self, split: str) -> None:
         super()._start_epoch(split)
         self.token_sums[SPLITS.index(split)].zero_()
+        self.extra_sums[SPLITS.index(split)].zero_()
 
     def _epoch_values(self, split: str) -> dict[str, Tensor]:
         index = SPLITS.index(split)
@@ -190,25 +198,34 @@ class SequenceModule(ObjectiveModule):
             values.update({f"{split}/reward": reward, f"{split}/{self.reward.name}": reward,
                            f"{split}/perplexity": (nll / tokens.clamp_min(1)).exp(),
                            f"{split}/completion_length": generated / completions.clamp_min(1)})
+            for name, total in zip(self.extra_names, self.extra_sums[index]):
+                values[f"{split}/{name}"] = total / completions.clamp_min(1)
         return values
 
     # -- evaluation ----------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self, split: str, batches: EvalBatches) -> dict[str, float]:
-        """Teacher-forced loss and perplexity, then generation scored by the reward, over the whole ``split``; logs
-        the metrics and the sample table, returns the metrics."""
+    def _begin_evaluation(self, split: str) -> tuple[bool, int, Any, torch.Generator | None, dict[str, list]]:
+        """Put the module in eval mode and start the split's sums; return (was training, the split's index, the
+        precision context, the sampling generator, the empty sample table)."""
         was_training = self.training
         self.eval()
         self._start_epoch(split)
-        index = SPLITS.index(split)
         trainer = self._trainer
         context = trainer.precision_plugin.forward_context() if trainer is not None else nullcontext()
         generator = None
         if self.generation.do_sample:  # the same draws at every evaluation, so evaluations compare
             generator = torch.Generator(self.device).manual_seed(self.generation.seed)
         rows: dict[str, list] = {"prompt": [], "completion": [], "reference": [], "reward": []}
+        if self.info.gold is not None:
+            rows[GOLD] = []
         if split == "val":  # the test split is evaluated once, on the best weights
             rows = {"epoch": [], **rows}
+        return was_training, SPLITS.index(split), context, generator, rows
+
+    @torch.no_grad()
+    def evaluate(self, split: str, batches: EvalBatches) -> dict[str, float]:
+        """Teacher-forced loss and perplexity, then generation scored by the reward, over the whole ``split``; logs
+        the metrics and the sample table, returns the metrics."""
+        was_training, index, context, generator, rows = self._begin_evaluation(split)
         with context:
             for batch in batches:
                 logits = self.model(batch.ids)
@@ -219,23 +236,28 @@ class SequenceModule(ObjectiveModule):
                 out = generate(self.model, batch.prompt_ids, batch.prompt_mask, **self.generation.sampling(),
                                generator=generator)
                 completions = decode(self.tokenizer, out)
-                scores = self.reward.score(completions, batch.examples)
+                scores, extras = score_with_extras(self.reward, self.info, completions, batch.examples)
                 self.metrics[index].update(scores.to(self.device, torch.float32))
+                if extras:
+                    self.extra_sums[index] += torch.stack([extras[n].sum() for n in self.extra_names]).to(self.device)
                 self.token_sums[index] += torch.stack([
                     nll, (batch.labels != IGNORE_INDEX).sum().float(), out.mask.sum().float(),
                     torch.tensor(float(len(completions)), device=self.device)])
-                self._collect_samples(rows, batch.examples, completions, scores)
+                self._collect_samples(rows, batch.examples, completions, scores, extras.get(GOLD))
         self._end_epoch(split)
         self._log_samples(split, rows)
         self.train(was_training)
         return {k: v for k, v in self.epoch_metrics.items() if k.startswith(f"{split}/")}
 
-    def _collect_samples(self, rows: dict[str, list], examples, completions: list[str], scores: Tensor) -> None:
+    def _collect_samples(self, rows: dict[str, list], examples, completions: list[str], scores: Tensor,
+                         gold: Tensor | None = None) -> None:
         room = self.generation.log_samples - len(rows["prompt"])
         if room <= 0:
             return
         epoch = self.current_epoch if self._trainer is not None else 0
         values = scores[:room].tolist()
+        if gold is not None:
+            rows[GOLD] += gold[:room].tolist()
         for example, completion, value in zip(examples[:room], completions[:room], values):
             if "epoch" in rows:
                 rows["epoch"].append(epoch)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rmlab.sequence import IGNORE_INDEX, TextExample, Tokenizer
-from rmlab.sequence_data import TrainBatches, batch_widths, tokenize_split
+from rmlab.sequence_data import EvalBatches, TrainBatches, batch_widths, tokenize_split
 
 
 @dataclass(frozen=True)
@@ -143,23 +143,8 @@ class PairEvalBatch(NamedTuple):
     start: int
 
 
-class PairEvalBatches:
-    """A split of pairs in its own order, ``batch_size`` pairs at a time."""
+class PairEvalBatches(EvalBatches):
+    """A split of pairs (``TokenizedPairs``) in its own order, ``batch_size`` pairs at a time."""
 
-    def __init__(self, split: TokenizedPairs, batch_size: int) -> None:
-        self.split = split
-        self.batch_size = batch_size
-
-    def __len__(self) -> int:
-        return -(-len(self.split) // self.batch_size)
-
-    def __iter__(self) -> Iterator[PairEvalBatch]:
-        split = self.split
-        full_prompt = split.prompt_ids.shape[1]
-        for start in range(0, len(split), self.batch_size):
-            stop = min(start + self.batch_size, len(split))
-            width = int(split.lengths[start:stop].max())
-            prompt = int(split.prompt_lengths[start:stop].max())
-            yield PairEvalBatch(split.ids[start:stop, :, :width], split.labels[start:stop, :, :width],
-                                split.prompt_ids[start:stop, full_prompt - prompt:],
-                                split.prompt_mask[start:stop, full_prompt - prompt:], split.examples[start:stop], start)
+    def _batch(self, start: int, stop: int, width: int, prompt: int) -> PairEvalBatch:
+        return PairEvalBatch(*super()._batch(start, stop, width, prompt), start)

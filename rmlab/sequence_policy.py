@@ -13,6 +13,9 @@ module's own ``_optimize`` (clipping, precision, accumulation and DDP as for eve
   weighs it into the objective.
 - The cross entropy on the reference completions is always computed (``train/loss``, so runs with and without
   feedback compare); it carries a gradient only when ``loss_weight > 0``.
+- Beside the reward, the sampled completions' extras (``rmlab.rewards.extras``: each term of a combined reward, the
+  gold reward of a task that has one) are averaged into the step's metrics (``train/<term>``,
+  ``train/gold_reward``): the proxy being optimised and the truth, step by step.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch import Tensor
 
 from rmlab.generation import decode_ids, generate
 from rmlab.policy import PolicyAlgorithm, policy_step
+from rmlab.rewards.extras import score_with_extras
 from rmlab.sequence import TextExample
 
 
@@ -52,6 +56,7 @@ def run_policy_batch(module: Any, algorithm: PolicyAlgorithm, reference: torch.n
     model = module.model
     tokenizer = module.tokenizer
     scored: list[Tensor] = []
+    extras: dict[str, Tensor] = {}  # of the sampled completions (the first scoring; a greedy baseline scores again)
     losses: list[Tensor] = []
     steps = 0
 
@@ -61,8 +66,11 @@ def run_policy_batch(module: Any, algorithm: PolicyAlgorithm, reference: torch.n
 
     def score(completion_ids: Tensor, completion_mask: Tensor, prompt_index: Tensor) -> Tensor:
         texts = decode_ids(tokenizer, completion_ids, completion_mask)
-        rewards = module.reward.score(texts, [examples[i] for i in prompt_index.tolist()])
+        rewards, parts = score_with_extras(module.reward, module.info, texts,
+                                           [examples[i] for i in prompt_index.tolist()])
         rewards = torch.as_tensor(rewards, dtype=torch.float32).to(completion_ids.device)
+        if not scored:
+            extras.update({name: values.float().mean().to(completion_ids.device) for name, values in parts.items()})
         scored.append(rewards)
         return rewards
 
@@ -84,5 +92,5 @@ def run_policy_batch(module: Any, algorithm: PolicyAlgorithm, reference: torch.n
                               update=update, reference=reference)
     finally:
         model.train(was_training)
-    return PolicyBatch(losses[0], metrics, scored[0], steps)
+    return PolicyBatch(losses[0], {**metrics, **extras}, scored[0], steps)
 

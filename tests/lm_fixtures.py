@@ -45,3 +45,23 @@ class TinyExactMatch(Reward):
 
     def metric(self, info):
         return MeanMetric()
+
+
+def reward_model_checkpoint(path, width: int = 16, max_length: int = 160, seed: int = 0, prompt: bool = True):
+    """A text reward model with random weights saved as a run's checkpoint is (the module's ``model.net.*`` weights
+    beside the run config and model spec): what ``reward=reward_model reward.init_from=<path>`` loads, without a
+    training run."""
+    from rmlab.models import KindHead
+    from rmlab.text_models import TextTransformer
+
+    torch.manual_seed(seed)
+    network = {"name": "text_transformer", "_target_": "rmlab.text_models.TextTransformer", "width": width,
+               "depth": 1, "heads": 2, "dropout": 0.0, "ff_mult": 2}
+    net = TextTransformer(max_length, 1, **{k: v for k, v in network.items() if k not in ("name", "_target_")})
+    head = KindHead(net, "pair")
+    spec = {"format": 1, "io": "rmlab.serving.io:TextScorer", "network": network, "input_dim": max_length,
+            "output_dim": 1, "output_kind": "pair", "input_type": "tokens", "task": "review_preference",
+            "max_length": max_length, "prompt": prompt}
+    torch.save({"model_config": network, "task_config": {"name": "review_preference"}, "spec": spec,
+                "state_dict": {f"model.{k}": v for k, v in head.state_dict().items()}, "epoch": 0}, path)
+    return path

@@ -32,15 +32,44 @@ SEQUENCE_PAIR_TASKS = {"reverse_preference", "addition_preference", "preference_
 # Sequence tasks (the file tasks given a file, reasoning_gym a dataset) build with a language model and a text reward;
 # their own configs are tested in test_sequence_tasks.py.
 SEQUENCE_TASKS = {"copy", "reverse", "sort", "addition", "reasoning_gym", "text_classification", "qa", "translation",
-                  "summarisation", "dialogue", "completion_file", "text_classification_file"}
+                  "summarisation", "dialogue", "completion_file", "text_classification_file", "review_writing"}
 LM = ["model=causal_lm", "model.width=16", "model.depth=1", "model.heads=2"]
 LANGUAGE_MODELS = {"causal_lm": LM,
                    "hf_causal_lm": ["model=hf_causal_lm", "model.config=gpt2", "model.width=16", "model.depth=1",
                                     "model.heads=2", "model.max_length=64"]}
 # Text rewards, each on a task it works on (the others: any sequence task).
 TEXT_REWARDS = {"exact_match", "token_f1", "bleu", "chrf", "rouge_l", "neg_edit_distance", "verifier",
-                "label_accuracy"}
-TEXT_REWARD_TASK = {"verifier": "addition", "label_accuracy": "text_classification"}
+                "label_accuracy", "gold", "neg_length", "format", "reward_model", "combined"}
+TEXT_REWARD_TASK = {"verifier": "addition", "label_accuracy": "text_classification", "gold": "review_writing"}
+
+
+def text_reward_values(option, tmp_path):
+    """The values a text reward needs besides its defaults (a pattern, terms, a reward model)."""
+    if option == "format":
+        return {"pattern": "[a-z]+"}
+    if option == "combined":
+        return {"terms": [{"name": "exact_match", "weight": 1.0}, {"name": "neg_length", "weight": 0.01}]}
+    if option == "reward_model":
+        from tests.lm_fixtures import reward_model_checkpoint
+
+        return {"init_from": str(reward_model_checkpoint(tmp_path / "rm.ckpt"))}
+    return {}
+
+
+def text_reward_overrides(option, tmp_path):
+    """``text_reward_values`` as command-line overrides."""
+    import json
+
+    def value(v):  # Hydra's override grammar: quoted strings, flow-style lists and mappings
+        if isinstance(v, str):
+            return json.dumps(v).replace('"', "'")
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k}: {value(x)}" for k, x in v.items()) + "}"
+        return repr(v)
+
+    return [f"reward.{key}={value(v)}" for key, v in text_reward_values(option, tmp_path).items()]
 
 
 def options(group):
@@ -81,7 +110,11 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
     if group == "loss" and option in SEQUENCE_PAIR_LOSSES:
         overrides += ["task=reverse_preference", "task.n_examples=100", *LM, "reward=exact_match"]
     if group == "reward" and option in TEXT_REWARDS:
-        overrides += [f"task={TEXT_REWARD_TASK.get(option, 'reverse')}", "task.n_examples=100", *LM]
+        overrides += [f"task={TEXT_REWARD_TASK.get(option, 'reverse')}", "task.n_examples=100", *LM,
+                      *text_reward_overrides(option, tmp_path)]
+    if (group, option) == ("task", "review_preference"):
+        overrides += ["task.n_pairs=200", "model=text_transformer", "model.width=16", "model.heads=2",
+                      "loss=bradley_terry", "reward=preference_accuracy"]
     if group == "feedback" and option in SEQUENCE_FEEDBACK:
         overrides += ["task=reverse", "task.n_examples=100", "reward=exact_match", *LM]
     cfg = compose_config(*overrides)

@@ -15,6 +15,7 @@ from rmlab.build import build_components, compatible_options
 from rmlab.errors import IncompatibleError
 from rmlab.paths import CONFIG_DIR
 from tests.conftest import compose_config
+from tests.test_config import text_reward_values
 
 
 def options(group):
@@ -39,7 +40,9 @@ def task_overrides(task, tmp_path_factory):
 
 
 SMALL = {"synthetic_classification": ["task.n_samples=300"], "synthetic_regression": ["task.n_samples=300"],
-         "synthetic_preference": ["task.n_pairs=300"], "diabetes_preference": ["task.n_pairs=300"]}
+         "synthetic_preference": ["task.n_pairs=300"], "diabetes_preference": ["task.n_pairs=300"],
+         "review_preference": ["task.n_pairs=300", "model=text_transformer", "model.width=16", "model.depth=1",
+                               "model.heads=2"]}
 
 
 # Sequence and sequence_pair tasks need a language model: their grids are test_sequence_grid.py and
@@ -54,11 +57,13 @@ def test_grid(task, tmp_path_factory):
     # Composing once per task and swapping in each loss/reward YAML (leaf configs with no defaults list) is what
     # compose would give, 60 ms faster per cell; test_config composes every option through Hydra itself.
     cfg = compose_config(f"task={task}", *task_overrides(task, tmp_path_factory), *SMALL.get(task, []))
+    reward_dir = tmp_path_factory.mktemp("reward")  # where a reward model checkpoint for reward=reward_model goes
     working, refused = [], 0
     for loss in options("loss"):
         for reward in options("reward"):
             cfg.loss = OmegaConf.load(CONFIG_DIR / "loss" / f"{loss}.yaml")
             cfg.reward = OmegaConf.load(CONFIG_DIR / "reward" / f"{reward}.yaml")
+            cfg.reward.update(text_reward_values(reward, reward_dir))
             try:
                 build_components(cfg)
             except IncompatibleError as err:
@@ -82,6 +87,7 @@ def test_grid(task, tmp_path_factory):
             loss = next(l for l, r in working if r == reward)
         cfg.loss = OmegaConf.load(CONFIG_DIR / "loss" / f"{loss}.yaml")
         cfg.reward = OmegaConf.load(CONFIG_DIR / "reward" / f"{reward}.yaml")
+        cfg.reward.update(text_reward_values(reward, reward_dir))
         cfg.feedback = OmegaConf.load(CONFIG_DIR / "feedback" / "reinforce.yaml")
         try:
             parts = build_components(cfg)

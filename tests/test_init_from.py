@@ -64,7 +64,8 @@ def test_a_tabular_run_starts_from_an_earlier_runs_weights_by_id_folder_or_file(
 
 
 def test_a_run_without_the_artifact_is_found_through_its_output_folder(workdir):
-    plain = train(compose_config(*TABULAR))  # logger.log_checkpoint=false: no artifact
+    # logger.log_checkpoint=false: no artifact; logger.log_model=false: no logged model to fall back on either
+    plain = train(compose_config(*TABULAR, "logger.log_model=false"))
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
     folder = Path(client.get_run(plain["run_id"]).data.tags["rmlab.output_dir"])
     parts = build_components(compose_config(*TABULAR, f"init_from={plain['run_id']}"))

@@ -587,7 +587,7 @@ def test_true_reward_spearman_needs_a_task_with_true_rewards():
     no_truth = TaskInfo("prefs", PAIR, 128, input_type=TOKENS, true_reward=False)
     for call in (TrueRewardSpearman().check_task, TrueRewardSpearman().metric):
         with pytest.raises(IncompatibleError, match="task=prefs does not.*Tasks with true rewards: "
-                                                    "diabetes_preference, synthetic_preference"):
+                                                    "diabetes_preference, review_preference, synthetic_preference"):
             call(no_truth)
     TrueRewardSpearman().check_task(INFO)
     for reward in (PreferenceAccuracy(), RewardMargin(), PreferenceNegECE()):  # these need no true rewards

@@ -234,7 +234,7 @@ def test_pairs_tokenise_to_chosen_then_rejected_rows_and_batches_cover_every_pai
     ([*TINY, "loss=hinge"], r"is loss=dpo loss.loss_type=hinge"),
     ([*TINY, "loss=dpo", "reward=neg_mse"],
      r"reward=neg_mse does not work on task=reverse_preference: .* Choices of reward that work on "
-     r"task=reverse_preference: bleu, chrf, exact_match, .*preference_accuracy"),
+     r"task=reverse_preference: bleu, chrf, combined, exact_match, .*preference_accuracy"),
     ([*TINY, "loss=dpo", "reward=true_reward_spearman"], r"task=reverse_preference does not \(its targets are NaN\)"),
     ([*TINY, "loss=dpo", "feedback=grpo"], r"feedback=grpo does not work on task=reverse_preference: .* Choices of "
                                            r"feedback that work on task=reverse_preference: none"),
@@ -482,14 +482,14 @@ def test_readme_commands_compose_and_build(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["reverse_preference", "preference_completion_file"])
 def test_every_reward_on_a_pair_task_trains_or_is_refused_naming_the_choices(task, workdir):
-    from tests.test_config import options, sequence_task_overrides
+    from tests.test_config import options, sequence_task_overrides, text_reward_overrides
 
     base = [f"task={task}", *sequence_task_overrides(task, workdir), *TINY[3:8], "loss=dpo", "logger=none",
             "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false",
             "trainer.num_threads=1", "generation.max_new_tokens=4", "generation.log_samples=0"]
     trained, refused = [], []
     for reward in options("reward"):
-        cfg = compose_config(*base, f"reward={reward}")
+        cfg = compose_config(*base, f"reward={reward}", *text_reward_overrides(reward, workdir))
         try:
             build_components(cfg)
         except IncompatibleError as err:

@@ -35,10 +35,14 @@ from rmlab.rewards import (
     Accuracy,
     AdaptedMetric,
     ChrF,
+    CombinedReward,
     ExactMatch,
+    Format,
+    GoldReward,
     LabelAccuracy,
     NegECE,
     NegEditDistance,
+    NegLength,
     NegMAE,
     NegMSE,
     Precision,
@@ -47,6 +51,7 @@ from rmlab.rewards import (
     Recall,
     Reward,
     RewardMargin,
+    RewardModel,
     RougeL,
     Spearman,
     TaskVerifier,
@@ -392,7 +397,8 @@ def test_invalid_n_bins_raises_config_error(n_bins):
 
 
 # Text rewards (output kind sequence) have their own config tests in test_text_rewards.py.
-TEXT = [ExactMatch, TokenF1, BLEU, ChrF, RougeL, NegEditDistance, TaskVerifier, LabelAccuracy]
+TEXT = [ExactMatch, TokenF1, BLEU, ChrF, RougeL, NegEditDistance, TaskVerifier, LabelAccuracy, GoldReward, NegLength,
+        Format, RewardModel, CombinedReward]
 YAMLS = [p for p in sorted(CONF.glob("*.yaml")) if SEQUENCE not in get_class(OmegaConf.load(p)._target_).accepts]
 
 

@@ -11,7 +11,7 @@ from rmlab.errors import IncompatibleError
 from rmlab.paths import CONFIG_DIR
 from rmlab.run import train
 from tests.conftest import compose_config
-from tests.test_config import sequence_task_overrides
+from tests.test_config import sequence_task_overrides, text_reward_overrides
 
 
 def options(group):
@@ -27,7 +27,7 @@ TINY = ["model=causal_lm", "model.width=16", "model.depth=1", "model.heads=2", "
 
 def test_every_sequence_task_is_in_the_grid():
     assert {"copy", "reverse", "sort", "addition", "text_classification", "qa", "translation", "summarisation",
-            "dialogue", "completion_file", "text_classification_file"} <= set(SEQUENCE_TASKS)
+            "dialogue", "completion_file", "text_classification_file", "review_writing"} <= set(SEQUENCE_TASKS)
 
 
 @pytest.mark.slow
@@ -36,7 +36,7 @@ def test_sequence_grid(task, workdir):
     overrides = [f"task={task}", *sequence_task_overrides(task, workdir), *TINY]
     trained, refused = [], []
     for reward in options("reward"):
-        cfg = compose_config(*overrides, f"reward={reward}")
+        cfg = compose_config(*overrides, f"reward={reward}", *text_reward_overrides(reward, workdir))
         try:
             build_components(cfg)
         except IncompatibleError as err:
@@ -48,5 +48,6 @@ def test_sequence_grid(task, workdir):
             assert math.isfinite(results[name]), f"{task}/{reward}: {name} = {results[name]}"
         assert results[f"test/{reward}"] == results["test/reward"]
         trained.append(reward)
-    assert {"exact_match", "token_f1", "bleu", "chrf", "rouge_l", "neg_edit_distance"} <= set(trained)
+    assert {"exact_match", "token_f1", "bleu", "chrf", "rouge_l", "neg_edit_distance", "neg_length", "format",
+            "combined", "reward_model"} <= set(trained)
     assert {"accuracy", "neg_mse", "preference_accuracy"} <= set(refused)

@@ -39,6 +39,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "task"
 YAMLS = sorted(p.stem for p in CONF.glob("*.yaml") if OmegaConf.load(p)._target_.startswith("rmlab.tasks.sequence."))
 FILE_TASKS = ("completion_file", "text_classification_file")
 LABELLED = ("text_classification", "text_classification_file")
+NO_VERIFIER = ("completion_file", "review_writing")  # review_writing has no one right answer: a gold reward instead
 HAS_REASONING_GYM = __import__("importlib").util.find_spec("reasoning_gym") is not None
 # Small sizes keep every per-task test fast; the defaults are checked once (test_default_sizes).
 SMALL = {"n_examples": 300}
@@ -89,7 +90,7 @@ def flat(splits):
 
 def test_the_issue_tasks_ship():
     assert {"copy", "reverse", "sort", "addition", "reasoning_gym", "text_classification", "qa", "translation",
-            "summarisation", "dialogue", "completion_file", "text_classification_file"} == set(YAMLS)
+            "summarisation", "dialogue", "completion_file", "text_classification_file", "review_writing"} == set(YAMLS)
 
 
 @pytest.mark.parametrize("name", YAMLS)
@@ -99,7 +100,8 @@ def test_config_builds_a_deterministic_task(name, tmp_path):
     info = task.info
     assert info.output_kind == SEQUENCE and info.input_type == TEXT
     assert (info.labels is not None) == (name in LABELLED)
-    assert (info.verifier is not None) == (name not in ("completion_file",))
+    assert (info.verifier is not None) == (name not in NO_VERIFIER)
+    assert (info.gold is not None) == (name == "review_writing")
     splits = task.load()
     assert all(splits[k] for k in ("train", "val", "test"))
     assert flat(build(name, tmp_path, seed=3).load()) == flat(splits)
@@ -221,7 +223,7 @@ def test_classification_refuses_completion_noise(name, tmp_path):
 # --- verifiers: right answers pass, wrong ones fail ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", [n for n in YAMLS if n != "completion_file"])
+@pytest.mark.parametrize("name", [n for n in YAMLS if n not in NO_VERIFIER])
 def test_verifier_accepts_the_answer_and_rejects_others(name, tmp_path):
     task = build(name, tmp_path)
     verify = task.info.verifier

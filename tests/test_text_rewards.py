@@ -249,8 +249,9 @@ def test_verifier_uses_the_task_checker_and_is_refused_without_one():
     assert got.tolist() == [1.0, 0.0, 1.0]  # numerically checked: a leading zero is right, exact_match says no
     assert ExactMatch().score(["0" + answers[0]], batch[:1]).item() == 0.0
     with pytest.raises(IncompatibleError, match=r"reward=verifier does not work on task=toy: it needs a task with its "
-                                                r"own answer checker .* use reward=bleu, chrf, exact_match, "
-                                                r"neg_edit_distance, rouge_l, token_f1 instead"):
+                                                r"own answer checker .* use reward=bleu, chrf, combined, "
+                                                r"exact_match, format, neg_edit_distance, neg_length, reward_model, "
+                                                r"rouge_l, token_f1 instead"):
         reward.check_task(INFO)
 
 

@@ -30,32 +30,44 @@ aggregated as the mean):
     NegEditDistance  ``neg_edit_distance``  negative normalised character edit distance, in [-1, 0]
     TaskVerifier     ``verifier``           the task's own answer checker (tasks that have one)
     LabelAccuracy    ``label_accuracy``     the completion is the label (text classification tasks)
+    GoldReward       ``gold``               the task's hidden true reward (known-reward tasks: ``review_writing``)
+    NegLength        ``neg_length``         minus the completion's length in characters
+    Format           ``format``             1 if the completion matches a regular expression
+    RewardModel      ``reward_model``       a frozen text reward model trained by an rmlab preference run
+    CombinedReward   ``combined``           a weighted sum of text rewards, each term logged on its own
 
 Each has a config ``conf/reward/<name>.yaml``. ``AdaptedMetric`` (``rmlab.rewards.metrics``) is the shared
 torchmetrics wrapper that takes raw model output and makes every aggregate higher-is-better.
 """
 
 from rmlab.rewards.base import Reward
-from rmlab.rewards.checked import LabelAccuracy, TaskVerifier
+from rmlab.rewards.checked import GoldReward, LabelAccuracy, TaskVerifier
 from rmlab.rewards.classification import AUROC, F1, Accuracy, NegECE, Precision, Recall
+from rmlab.rewards.combined import CombinedReward
 from rmlab.rewards.metrics import AdaptedMetric
 from rmlab.rewards.ngram import BLEU, ChrF
 from rmlab.rewards.preference import PreferenceAccuracy, PreferenceNegECE, RewardMargin, TrueRewardSpearman
 from rmlab.rewards.regression import R2, NegMAE, NegMSE, Spearman
+from rmlab.rewards.reward_model import RewardModel
+from rmlab.rewards.surface import Format, NegLength
 from rmlab.rewards.text import ExactMatch, NegEditDistance, RougeL, TextReward, TokenF1
 
 __all__ = [
     "AUROC",
     "BLEU",
     "F1",
+    "Format",
+    "GoldReward",
     "R2",
     "Accuracy",
     "AdaptedMetric",
     "ChrF",
+    "CombinedReward",
     "ExactMatch",
     "LabelAccuracy",
     "NegECE",
     "NegEditDistance",
+    "NegLength",
     "NegMAE",
     "NegMSE",
     "Precision",
@@ -63,6 +75,7 @@ __all__ = [
     "PreferenceNegECE",
     "Recall",
     "Reward",
+    "RewardModel",
     "RewardMargin",
     "RougeL",
     "Spearman",

@@ -2,6 +2,7 @@
 
     TaskVerifier   ``verifier``        the task's own answer checker (``TaskInfo.verifier``), in [0, 1]
     LabelAccuracy  ``label_accuracy``  1 if the completion is the example's label, else 0 (text classification)
+    GoldReward     ``gold``            the task's hidden true reward (``TaskInfo.gold``: the known-reward tasks)
 
 Each refuses, at start-up (``check_task``), a task that lacks what it needs, naming the text rewards that work there.
 """
@@ -55,3 +56,28 @@ class LabelAccuracy(TextReward):
 
     def _score(self, completion: str, reference: str) -> float:
         return float(completion.strip() == reference)
+
+
+class GoldReward(TextReward):
+    """The task's hidden true reward on each completion (``review_writing``'s gold function): what a learned reward
+    model is a proxy for. Its range is the task's (not [0, 1]).
+
+    ``check_task`` binds the task's gold function (the run calls it once at start-up, before any ``score``)."""
+
+    default_name = "gold"
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__(name)
+        self._gold: Verifier | None = None
+
+    def check_task(self, info: TaskInfo) -> None:
+        if info.gold is None:
+            raise self._refuse(info, "a task with a hidden true reward (a gold function)")
+        self._gold = info.gold
+
+    def score(self, completions: Sequence[str], examples: Sequence[TextExample]) -> torch.Tensor:
+        self._check_batch(completions, examples)
+        if self._gold is None:
+            raise RuntimeError(f"reward {self.name!r} scores with the task's gold function: call check_task(info) "
+                               "first")
+        return torch.tensor([self._gold(c, e) for c, e in zip(completions, examples)], dtype=torch.float32)

@@ -85,6 +85,16 @@ class TextReward(Reward):
         return torch.tensor([self._score(c, e.completion) for c, e in zip(completions, examples)],
                             dtype=torch.float32)
 
+    @property
+    def term_names(self) -> tuple[str, ...]:
+        """Names of the parts a reward is made of (a combined reward's terms), each logged as ``{split}/<name>``."""
+        return ()
+
+    def score_with_terms(self, completions: Sequence[str],
+                         examples: Sequence[TextExample]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``score`` and each part's own per-sample score (keys: ``term_names``), computed once."""
+        return self.score(completions, examples), {}
+
     # A text reward's per-sample form takes texts, not (output, target) tensors.
     def per_sample(self, completions: Sequence[str], examples: Sequence[TextExample]) -> torch.Tensor:  # type: ignore
         return self.score(completions, examples)
@@ -105,7 +115,8 @@ class TextReward(Reward):
         """The start-up error of a reward the task cannot give: what it needs, and the text rewards that work."""
         from rmlab.build import compatible_options
 
-        other = [name for name in compatible_options("reward", SEQUENCE) if name not in ("verifier", "label_accuracy")]
+        needs_task = ("verifier", "label_accuracy", "gold")
+        other = [name for name in compatible_options("reward", SEQUENCE) if name not in needs_task]
         return IncompatibleError(f"reward={self.name} does not work on task={info.name}: it needs {needs}, which "
                                  f"task={info.name} does not have; use reward={', '.join(other)} instead")
 

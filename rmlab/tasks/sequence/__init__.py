@@ -9,6 +9,8 @@ implements ``_examples() -> list[TextExample]``; one with a checkable answer ove
 - ``procedural``: ``copy``, ``reverse``, ``sort``, ``addition``; ``reasoning_gym``: reasoning-gym's generators.
 - template versions of five uses: ``sentiment`` (``text_classification``), ``qa``, ``translation``,
   ``summarisation``, ``dialogue``; their vocabularies live in ``words``.
+- ``reviews``: ``review_writing``, whose generations a hidden gold function scores (``review_gold``: the
+  known-reward family, shared with the pair task ``review_preference``).
 - ``files``: the user's ``completion_file`` and ``text_classification_file``.
 """
 
@@ -20,6 +22,7 @@ from rmlab.tasks.sequence.labels import LabelledTask
 from rmlab.tasks.sequence.procedural import Addition, Copy, Reverse, Sort
 from rmlab.tasks.sequence.qa import QuestionAnswering
 from rmlab.tasks.sequence.reasoning_gym import ReasoningGym
+from rmlab.tasks.sequence.reviews import ReviewWriting
 from rmlab.tasks.sequence.sentiment import TextClassification
 from rmlab.tasks.sequence.summarisation import Summarisation
 from rmlab.tasks.sequence.translation import Translation
@@ -34,6 +37,7 @@ __all__ = [
     "QuestionAnswering",
     "ReasoningGym",
     "Reverse",
+    "ReviewWriting",
     "SequenceTask",
     "Sort",
     "Summarisation",

@@ -24,8 +24,8 @@ SPLITS = ("train", "val", "test")
 
 class SequenceTask:
     """Base of the sequence tasks. Subclasses set ``default_name`` and implement ``_examples``; they may set
-    ``labels`` (text classification), override ``verify`` (tasks with a checkable answer) and ``_corrupt`` (another
-    kind of noise than completion noise)."""
+    ``labels`` (text classification), override ``verify`` (tasks with a checkable answer), ``gold_reward`` (tasks
+    with a hidden true reward) and ``_corrupt`` (another kind of noise than completion noise)."""
 
     kind: ClassVar[str] = kinds.SEQUENCE
     default_name: ClassVar[str] = "sequence"
@@ -65,12 +65,19 @@ class SequenceTask:
     def verify(self, completion: str, example: TextExample) -> float:  # pragma: no cover - optional
         raise NotImplementedError
 
+    def gold(self) -> Verifier | None:
+        """The task's hidden true reward, or None when the task has none (override ``gold_reward`` to provide one)."""
+        return self.gold_reward if type(self).gold_reward is not SequenceTask.gold_reward else None
+
+    def gold_reward(self, completion: str, example: TextExample) -> float:  # pragma: no cover - optional
+        raise NotImplementedError
+
     # --- public API ----------------------------------------------------------------------------------------------
 
     @property
     def info(self) -> kinds.TaskInfo:
         return kinds.TaskInfo(name=self.name, output_kind=kinds.SEQUENCE, input_dim=0, input_type=kinds.TEXT,
-                              labels=self.labels, verifier=self.verifier())
+                              labels=self.labels, verifier=self.verifier(), gold=self.gold())
 
     def load(self) -> dict[str, list[TextExample]]:
         """``train``/``val``/``test`` lists of examples: deterministic given ``split_seed``, computed once."""
