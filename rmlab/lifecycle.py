@@ -7,11 +7,13 @@
   found and closed later);
 - during training (``lightning_callback``), SIGTERM stops at the next batch boundary: Lightning's own handler stops
   its loop there, so the weights are those of a whole step. A second SIGTERM, and Ctrl-C, stop at once;
-- leaving closes the run whatever happened: FINISHED; KILLED for Ctrl-C or SIGTERM (``error``: ``interrupted
-  (SIGTERM)``) or an Optuna pruning; FAILED with ``error`` = the exception for anything else. Queued metrics are
-  flushed first, and a signal arriving while the run closes is remembered but does not cut the close short. An
-  interrupted run raises ``Interrupted``, whose ``exit_code`` (130 for Ctrl-C, 143 for SIGTERM) the entry point exits
-  with, even where Lightning turned the interrupt into ``SystemExit(1)`` or its own ``SIGTERMException``.
+- leaving runs the ``on_stop`` hooks when the run did not finish (an interrupt or an error, not an Optuna pruning:
+  ``rmlab.run`` writes the last whole epoch's ``last.ckpt`` there), then closes the run whatever happened: FINISHED;
+  KILLED for Ctrl-C or SIGTERM (``error``: ``interrupted (SIGTERM)``) or an Optuna pruning; FAILED with ``error`` =
+  the exception for anything else. Queued metrics are flushed first, and a signal arriving while the hooks run or
+  the run closes is remembered but does not cut them short. An interrupted run raises ``Interrupted``, whose
+  ``exit_code`` (130 for Ctrl-C, 143 for SIGTERM) the entry point exits with, even where Lightning turned the
+  interrupt into ``SystemExit(1)`` or its own ``SIGTERMException``.
 
 How the Hydra task function uses it, for a single run and for a sweep job: ``rmlab.jobs``.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,9 @@ class RunLifecycle:
         self._graceful = False
         self._sigterm_pending = False
         self._signals: Any = None
+        # Run in order, before the run is closed, when it ends other than FINISHED (not pruned): a signal does not cut
+        # them short, and an error in one is logged without keeping the run from being closed.
+        self.on_stop: list[Callable[[], None]] = []
 
     def _policy(self, signum: int) -> None:
         if self._closing:
@@ -133,6 +138,8 @@ class RunLifecycle:
         status, reason, signum = ending(exc, signals.received_since(self._mark))
         self.status = status
         try:
+            if status != "FINISHED" and not is_pruned(exc):
+                self._stopping()
             if self.tracker is not None and self.run_id is not None:
                 self.tracker.finish(status, error=reason)
         finally:
@@ -140,6 +147,13 @@ class RunLifecycle:
         if signum is not None and not isinstance(exc, Interrupted):
             raise Interrupted(signum) from exc
         return False
+
+    def _stopping(self) -> None:
+        for hook in self.on_stop:
+            try:
+                hook()
+            except Exception as err:
+                log.warning(f"rmlab: while stopping run {self.run_id}: {describe(err)}")
 
     # -- training: SIGTERM stops at a batch boundary ------------------------------------------------------------------
 

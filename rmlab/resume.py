@@ -100,8 +100,8 @@ def resume_point(cfg: DictConfig, client: Any, check_status: bool = True) -> Res
     checkpoint = Path(tags[LAST_TAG])
     if not checkpoint.is_file():
         raise ConfigError(f"resume={run_id}: its last.ckpt {checkpoint} does not exist (it is written at the end of "
-                          "an epoch once trainer.checkpoint.min_interval_s seconds of training have passed, on the "
-                          "machine that ran the run)")
+                          "an epoch once trainer.checkpoint.min_interval_s seconds of training have passed, and when "
+                          "a run stops after a whole epoch, on the machine that ran the run)")
     current = flatten(OmegaConf.to_container(cfg, resolve=True))
     differences = config_differences(run.data.params, current)
     if differences:

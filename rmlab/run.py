@@ -206,7 +206,10 @@ def _fit_and_test(cfg: DictConfig, parts: Components, tracker, tags: dict[str, s
         tags = {RESUMED_TAG: str(point.checkpoint), **({LAST_TAG: str(last)} if last is not None else {})}
     tags = {**tags, **source_tags(parts, out)}
     life = RunLifecycle(tracker, run_name(cfg), tags, parent_run_id, reopen=point.run_id if point else None)
-    callbacks = make_callbacks(cfg, data) + last_checkpoint_callbacks(cfg, last)
+    keeper = last_checkpoint_callbacks(cfg, last)
+    callbacks = make_callbacks(cfg, data) + keeper
+    if keeper:
+        life.on_stop.append(lambda: save_last_on_stop(keeper[0], tracker))
     validation = callbacks[0]
     loggers = []
     if tracker is not None:
@@ -313,6 +316,20 @@ def last_checkpoint_callbacks(cfg: DictConfig, path: Path | None) -> list:
 
     every = cfg.trainer.checkpoint
     return [LastCheckpoint(path, every.every_n_epochs, every.min_interval_s)]
+
+
+def save_last_on_stop(keeper, tracker) -> None:
+    """A run that stops before its end (an interrupt, an error) writes the last whole epoch whose last.ckpt write the
+    interval skipped (``rmlab.last_checkpoint``); the tag that points to the file goes with the final metrics, which
+    reach the store, or the unsent-metrics file when the store is away."""
+    epoch = keeper.save_snapshot()
+    if epoch is None:
+        return
+    log.warning(f"rmlab: saved the state after epoch {epoch} in {keeper.path}")
+    if tracker is not None and tracker.run_id is not None:
+        from rmlab.resume import LAST_TAG
+
+        tracker.set_final_tags({LAST_TAG: str(keeper.path)})
 
 
 def fit_from(point: ResumePoint | None) -> dict[str, Any]:

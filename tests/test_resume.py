@@ -31,21 +31,52 @@ RUN = ["task=wine", "task.batch_size=16", "trainer.max_epochs=5", "trainer.enabl
 STEPS_PER_EPOCH = 8
 
 
-def interrupted(cfg, step: int, module: type | None = None) -> None:
-    """Train ``cfg``, sending this process SIGTERM when training reaches optimizer step ``step``."""
+def interrupted(cfg, step: int, module: type | None = None) -> bool:
+    """Train ``cfg``, sending this process SIGTERM when training reaches optimizer step ``step``; returns whether a
+    last.ckpt existed then."""
+    from rmlab.last_checkpoint import LastCheckpoint
     from rmlab.module import ObjectiveModule
 
     module = module or ObjectiveModule
     original = module.training_step
+    existed = []
 
     def training_step(self, chunk, chunk_idx):
-        if self.global_step == step:
+        if self.global_step == step and not existed:
+            existed.extend(c.path.is_file() for c in self.trainer.callbacks if isinstance(c, LastCheckpoint))
             signal.raise_signal(signal.SIGTERM)
         return original(self, chunk, chunk_idx)
 
     with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupted):
         patch.setattr(module, "training_step", training_step)
         train(cfg)
+    return any(existed)
+
+
+CTRL_C_AT_STEP = """
+import os, runpy, signal, sys
+from rmlab.module import ObjectiveModule
+
+step = int(sys.argv.pop(1))
+original = ObjectiveModule.training_step
+
+def training_step(self, chunk, chunk_idx):
+    if self.global_step == step:
+        os.kill(os.getpid(), signal.SIGINT)
+    return original(self, chunk, chunk_idx)
+
+ObjectiveModule.training_step = training_step
+runpy.run_module("rmlab", run_name="__main__", alter_sys=True)
+"""
+
+
+def ctrl_c_in_a_process(workdir: Path, overrides: list[str], step: int) -> None:
+    """``python -m rmlab overrides`` in a process of its own, which receives SIGINT (Ctrl-C) when training reaches
+    optimizer step ``step``: it must exit 130, as a shell reports a process stopped by Ctrl-C."""
+    done = subprocess.run([PYTHON, "-c", CTRL_C_AT_STEP, str(step), *overrides], cwd=workdir, env=cli_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130, done.stderr[-3000:]
+    assert "rmlab: saved the state after epoch" in done.stdout + done.stderr
 
 
 def histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
@@ -79,9 +110,11 @@ def tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
     return flat
 
 
-def assert_resumed_equals_whole(workdir: Path, overrides: list[str], module: type | None = None) -> None:
-    """Train ``overrides`` whole; train them again, interrupted by SIGTERM in the middle of an epoch past the first,
-    then resumed: the same run, the same numbers."""
+def assert_resumed_equals_whole(workdir: Path, overrides: list[str], module: type | None = None,
+                                cut_with: list[str] | None = None, ctrl_c: bool = False) -> None:
+    """Train ``overrides`` whole; train them again (``cut_with``, if given: the same run under other free keys),
+    interrupted in the middle of an epoch past the first (by SIGTERM in this process, or with ``ctrl_c`` by SIGINT in
+    a process of its own), then resumed: the same run, the same numbers."""
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     whole = train(compose_config(*overrides, "experiment=whole"))
     whole_run = client.get_run(whole["run_id"])
@@ -91,12 +124,21 @@ def assert_resumed_equals_whole(workdir: Path, overrides: list[str], module: typ
     at = epochs // 2 * per_epoch + per_epoch // 2  # in the middle of an epoch past the first
     assert per_epoch >= 4
 
-    interrupted(compose_config(*overrides, "experiment=cut"), at, module)
+    if ctrl_c:
+        ctrl_c_in_a_process(workdir, [*(cut_with or overrides), "experiment=cut"], at)
+    else:
+        written_before = interrupted(compose_config(*(cut_with or overrides), "experiment=cut"), at, module)
+        assert written_before == (cut_with is None)  # without an epoch-end write, the interrupt alone wrote the file
     cut = only_run(client, "cut")
     run_id = cut.info.run_id
-    assert cut.info.status == "KILLED" and cut.data.tags["error"] == "interrupted (SIGTERM)"
+    signame = "SIGINT" if ctrl_c else "SIGTERM"
+    assert cut.info.status == "KILLED" and cut.data.tags["error"] == f"interrupted ({signame})"
     last = Path(cut.data.tags[LAST_TAG])
-    assert torch.load(last, weights_only=True)["global_step"] == epochs // 2 * per_epoch  # the last whole epoch
+    kept = torch.load(last, weights_only=True)["global_step"]
+    if cut_with is None:
+        assert kept == epochs // 2 * per_epoch  # the last whole epoch
+    else:  # the last whole epoch, or an earlier one whose snapshot came too soon after the last (SNAPSHOT_SHARE)
+        assert kept % per_epoch == 0 and per_epoch <= kept <= epochs // 2 * per_epoch
     assert max(s for s, _ in histories(client, run_id)["train/loss_step"]) > at - 1  # the cut epoch logged steps
 
     resumed = train(compose_config(*overrides, "experiment=cut", f"resume={run_id}", "logger.flush_every_s=0.5"))
@@ -120,6 +162,54 @@ def assert_resumed_equals_whole(workdir: Path, overrides: list[str], module: typ
 @pytest.mark.slow
 def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(workdir):
     assert_resumed_equals_whole(workdir, RUN)
+
+
+@pytest.mark.slow
+def test_an_interrupt_saves_the_last_whole_epoch_that_the_interval_did_not_write(workdir):
+    """With the default min_interval_s (30 s) these short runs write no last.ckpt at epoch ends: the interrupt writes
+    the snapshot of the last whole epoch, exactly what an epoch-end write would have held."""
+    every_epoch = "trainer.checkpoint.min_interval_s=0"
+    assert every_epoch in RUN
+    assert_resumed_equals_whole(workdir, RUN, cut_with=[o for o in RUN if o != every_epoch])
+
+
+def test_snapshots_take_a_bounded_share_of_training_and_a_write_makes_them_stale(tmp_path):
+    from rmlab.last_checkpoint import SNAPSHOT, SNAPSHOT_SHARE, WRITE, LastCheckpoint
+
+    keeper = LastCheckpoint(tmp_path / "last.ckpt", every_n_epochs=1, min_interval_s=30)
+    start = keeper._since
+    assert keeper._decide(start + 0.001) == SNAPSHOT  # the first is always taken
+    keeper._kept_at, keeper._snapshot_s = start + 1, 0.002  # one taken at 1 s, which cost 2 ms
+    assert keeper._decide(start + 1 + 0.5 * 0.002 / SNAPSHOT_SHARE) is None
+    assert keeper._decide(start + 1 + 1.01 * 0.002 / SNAPSHOT_SHARE) == SNAPSHOT
+    assert keeper._decide(start + 30) == WRITE
+    assert keeper.save_snapshot() is None and not keeper.path.exists()  # nothing kept: nothing written
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_last_whole_epoch_too(workdir):
+    """Ctrl-C (SIGINT to a real process: Lightning catches it and exits through SystemExit) writes the snapshot too."""
+    assert_resumed_equals_whole(workdir, RUN, cut_with=[o for o in RUN if "min_interval_s" not in o], ctrl_c=True)
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_after_a_whole_epoch_saves_it_too(workdir):
+    from rmlab.module import ObjectiveModule
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    original = ObjectiveModule.training_step
+
+    def training_step(self, chunk, chunk_idx):
+        if self.global_step == STEPS_PER_EPOCH + 2:
+            raise RuntimeError("broken on purpose")
+        return original(self, chunk, chunk_idx)
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(RuntimeError, match="broken on purpose"):
+        patch.setattr(ObjectiveModule, "training_step", training_step)
+        train(compose_config(*[o for o in RUN if "min_interval_s" not in o], "experiment=f"))
+    run = only_run(client, "f")
+    assert run.info.status == "FAILED" and "broken on purpose" in run.data.tags["error"]
+    assert torch.load(run.data.tags[LAST_TAG], weights_only=True)["global_step"] == STEPS_PER_EPOCH
 
 
 @pytest.mark.slow
@@ -158,8 +248,8 @@ def test_what_cannot_be_resumed_is_one_line_before_anything_is_created(workdir):
     interrupted(compose_config(*short), STEPS_PER_EPOCH + 2)
     killed = [r for r in client.search_runs([client.get_experiment_by_name("e").experiment_id])
               if r.info.status == "KILLED"][0].info.run_id
-    # Past its first epoch, but not min_interval_s (default 30) of training: no last.ckpt yet.
-    interrupted(compose_config(*[o for o in short if "min_interval_s" not in o]), STEPS_PER_EPOCH + 2)
+    # In its first epoch, before min_interval_s (default 30) of training: no whole epoch, no last.ckpt.
+    interrupted(compose_config(*[o for o in short if "min_interval_s" not in o]), 2)
     early = [r for r in client.search_runs([client.get_experiment_by_name("e").experiment_id])
              if r.info.status == "KILLED" and r.info.run_id != killed][0].info.run_id
     runs_before = len(client.search_runs([client.get_experiment_by_name("e").experiment_id]))
