@@ -230,12 +230,12 @@ def build_components(cfg: DictConfig) -> Components:
         from rmlab.sequence_build import build_sequence
 
         return build_sequence(cfg, task, info, loss, reward)
-    check_generation_unused(cfg, info)
     feedback = None
     if cfg.feedback.name != "none":
         feedback = instantiate("feedback", cfg.feedback)
         feedback.check(reward, info)
     check_model_input(cfg.model, info)
+    check_generation_unused(cfg, info)
     net = instantiate("model", cfg.model, input_dim=info.input_dim, output_dim=output_dim(info))
     model = KindHead(net, info.output_kind)
     return Components(task=task, info=info, model=model, loss=loss, reward=reward, feedback=feedback,
