@@ -31,7 +31,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rmlab.data import limited_batches
 from rmlab.generation import decode, generate
 from rmlab.kinds import PAIR
 from rmlab.losses.preference_lm import PairLogps, pair_logps
@@ -193,15 +192,8 @@ class PreferenceModule(SequenceModule):
 class PairDataModule(SequenceDataModule):
     """A ``sequence_pair`` task's tokenised pairs, moved to the trainer's device once, served as slices."""
 
-    def train_dataloader(self) -> PairTrainBatches:
-        split = self.splits["train"]
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        total = -(-len(split) // (world * self.batch_size))
-        fast = int(trainer.fast_dev_run) if trainer is not None else 0
-        limit = fast or limited_batches(self.limit_train_batches, total)
-        return PairTrainBatches(split, self.batch_size, seed=self.seed, steps_per_chunk=self.steps_per_chunk,
-                                max_batches=limit, rank=rank, world_size=world)
+    def _train_batches(self, split: Any, batch_size: int, **settings: Any) -> PairTrainBatches:  # type: ignore[override]
+        return PairTrainBatches(split, batch_size, **settings)
 
     def val_batches(self) -> PairEvalBatches:  # type: ignore[override]
         return PairEvalBatches(self.splits["val"], self.eval_batch_size)

@@ -328,8 +328,12 @@ class SequenceDataModule(pl.LightningDataModule):
         total = -(-len(split) // (world * self.batch_size))
         fast = int(trainer.fast_dev_run) if trainer is not None else 0
         limit = fast or limited_batches(self.limit_train_batches, total)
-        return TrainBatches(split, self.batch_size, seed=self.seed, steps_per_chunk=self.steps_per_chunk,
-                            max_batches=limit, rank=rank, world_size=world, prompts=self.prompts)
+        return self._train_batches(split, self.batch_size, seed=self.seed, steps_per_chunk=self.steps_per_chunk,
+                                   max_batches=limit, rank=rank, world_size=world)
+
+    def _train_batches(self, split: Any, batch_size: int, **settings: Any) -> TrainBatches:
+        """The training batches of ``split`` (a pair task's data module serves pairs instead)."""
+        return TrainBatches(split, batch_size, prompts=self.prompts, **settings)
 
     # Evaluation runs in the module (SequenceModule.evaluate), whole on every rank, as for the other kinds.
     def val_batches(self) -> EvalBatches:

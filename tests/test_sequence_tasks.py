@@ -403,7 +403,7 @@ INVALID = [
     ("copy", {"completion_noise": 1.0}, r"task.completion_noise must be in \[0, 1\), got 1.0"),
     ("copy", {"val_fraction": 0.5, "test_fraction": 0.5}, r"task.val_fraction \+ task.test_fraction must be < 1"),
     ("completion_file", {"prompt_column": "completion"}, (r"task.prompt_column and task.completion_column must "
-                                                         r"differ, both are 'completion'")),
+                                                         r"differ, got 'completion', 'completion'")),
     ("completion_file", {"completion_column": ""}, r"task.completion_column must be a column name, got ''"),
     ("text_classification_file", {"prompt_template": "classify: "}, (r"task.prompt_template must be a string holding "
                                                                     r"\{text\} exactly once, got 'classify: '")),

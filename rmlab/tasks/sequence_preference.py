@@ -25,7 +25,7 @@ from rmlab.sequence_pairs import PairExample
 from rmlab.tasks.base import check_real
 from rmlab.tasks.files import check_user_file
 from rmlab.tasks.sequence.base import SequenceTask
-from rmlab.tasks.sequence.files import EXTENSIONS, _check_column, _resolve, read_rows, require_columns, text_values
+from rmlab.tasks.sequence.files import EXTENSIONS, _resolve, check_columns, read_rows, require_columns, text_values
 from rmlab.tasks.sequence.generated import check_int_in
 from rmlab.tasks.sequence.procedural import MAX_LENGTH, Addition, Reverse
 
@@ -65,12 +65,9 @@ class PreferenceCompletionFile(PreferencePairs):
     def __init__(self, *, path: str, prompt_column: str = "prompt", chosen_column: str = "chosen",
                  rejected_column: str = "rejected", **common: Any) -> None:
         self.path = _resolve(path)
-        self.columns = {"prompt": _check_column("prompt_column", prompt_column),
-                        "chosen": _check_column("chosen_column", chosen_column),
-                        "rejected": _check_column("rejected_column", rejected_column)}
-        if len(set(self.columns.values())) != 3:
-            raise ConfigError(f"task.prompt_column, task.chosen_column and task.rejected_column must differ, got "
-                              f"{prompt_column!r}, {chosen_column!r}, {rejected_column!r}")
+        names = check_columns(prompt_column=prompt_column, chosen_column=chosen_column,
+                              rejected_column=rejected_column)
+        self.columns = dict(zip(("prompt", "chosen", "rejected"), names))
         self.default_name = self.path.stem
         super().__init__(**common)
         check_user_file(self.path, path, EXTENSIONS)

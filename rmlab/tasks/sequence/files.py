@@ -107,10 +107,17 @@ def text_values(rows: Rows, column: str, role: str, error: Callable[[str], DataE
     return out
 
 
-def _check_column(param: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"task.{param} must be a column name, got {value!r}")
-    return value
+def check_columns(**columns: Any) -> list[str]:
+    """The column names a file task reads (``prompt_column="prompt", ...``), each a non-empty string, all different;
+    a ConfigError naming the keys otherwise."""
+    for param, value in columns.items():
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"task.{param} must be a column name, got {value!r}")
+    if len(set(columns.values())) != len(columns):
+        keys = [f"task.{param}" for param in columns]
+        raise ConfigError(f"{', '.join(keys[:-1])} and {keys[-1]} must differ, got "
+                          f"{', '.join(repr(v) for v in columns.values())}")
+    return list(columns.values())
 
 
 def _resolve(path: Any) -> Path:
@@ -127,10 +134,8 @@ class CompletionFile(SequenceTask):
     def __init__(self, *, path: str, prompt_column: str = "prompt", completion_column: str = "completion",
                  **common: Any) -> None:
         self.path = _resolve(path)
-        self.prompt_column = _check_column("prompt_column", prompt_column)
-        self.completion_column = _check_column("completion_column", completion_column)
-        if prompt_column == completion_column:
-            raise ConfigError(f"task.prompt_column and task.completion_column must differ, both are {prompt_column!r}")
+        self.prompt_column, self.completion_column = check_columns(prompt_column=prompt_column,
+                                                                   completion_column=completion_column)
         self.default_name = self.path.stem
         super().__init__(**common)
         check_user_file(self.path, path, EXTENSIONS)
@@ -154,10 +159,7 @@ class TextClassificationFile(LabelledTask):
     def __init__(self, *, path: str, text_column: str = "text", label_column: str = "label",
                  prompt_template: str = "{text}\nlabel: ", **common: Any) -> None:
         self.path = _resolve(path)
-        self.text_column = _check_column("text_column", text_column)
-        self.label_column = _check_column("label_column", label_column)
-        if text_column == label_column:
-            raise ConfigError(f"task.text_column and task.label_column must differ, both are {text_column!r}")
+        self.text_column, self.label_column = check_columns(text_column=text_column, label_column=label_column)
         if not isinstance(prompt_template, str) or prompt_template.count(TEXT_PLACEHOLDER) != 1:
             raise ConfigError(f"task.prompt_template must be a string holding {TEXT_PLACEHOLDER} exactly once, got "
                               f"{prompt_template!r}")
