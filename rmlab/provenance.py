@@ -50,12 +50,20 @@ def command_overrides() -> list[str]:
         return []
     overrides = list(hc.overrides.task)
     saved = Path(hc.sweep.dir) / "multirun.yaml"
-    if hc.mode is not None and hc.mode.name == "MULTIRUN" and saved.is_file():
+    if hc.mode is not None and hc.mode.name == "MULTIRUN":
         try:
-            overrides += [str(o) for o in OmegaConf.load(saved).hydra.overrides.task]
-        except Exception:  # an unreadable file only costs the typed spelling
+            stat = saved.stat()
+            overrides += _sweep_overrides(str(saved.resolve()), stat.st_mtime_ns, stat.st_size)
+        except Exception:  # a missing or unreadable file only costs the typed spelling
             pass
     return overrides
+
+
+@lru_cache(maxsize=8)
+def _sweep_overrides(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """The sweep's overrides saved in ``path`` (a ``multirun.yaml``). Read once per version of the file: the sweeper
+    writes it once, and parsing the whole saved Hydra config again cost every job of a sweep about 50 ms."""
+    return tuple(str(o) for o in OmegaConf.load(path).hydra.overrides.task)
 
 
 def command_line() -> str:
@@ -131,13 +139,20 @@ def data_digest(cfg: DictConfig) -> str | None:
 
 def dependency_versions() -> dict[str, str]:
     """Python's and the result-deciding libraries' versions (read from the installed metadata, nothing imported)."""
+    return dict(_dependency_versions())
+
+
+@lru_cache(maxsize=1)
+def _dependency_versions() -> tuple[tuple[str, str], ...]:
+    """Read once per process: the modules a process has imported do not change when a package is reinstalled under
+    it, so the first reading is the one that describes every run of the process (a sweep's jobs)."""
     versions = {"python": platform.python_version(), "rmlab": rmlab.__version__}
     for name in DEPENDENCIES:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "absent"
-    return versions
+    return tuple(versions.items())
 
 
 def _outside_targets(node: Any) -> list[str]:

@@ -431,11 +431,11 @@ def _record_config(tracker, cfg: DictConfig, datasets: list, last: Path | None =
     datasets, the resolved config, the command, and where its last.ckpt will be (if it writes one)."""
     from rmlab.tracking import flatten, typed_params
 
-    tracker.log_params(typed_params(flatten(OmegaConf.to_container(cfg, resolve=True)), command_overrides()))
+    tags = {}
     if last is not None:
         from rmlab.resume import LAST_TAG
 
-        tracker.set_tags({LAST_TAG: str(last)})
+        tags[LAST_TAG] = str(last)
+    tracker.log_params(typed_params(flatten(OmegaConf.to_container(cfg, resolve=True)), command_overrides()), tags)
     tracker.log_inputs(datasets)
-    tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-    tracker.log_text(command_line() + "\n", "command.txt")
+    tracker.log_texts({"config.yaml": OmegaConf.to_yaml(cfg, resolve=True), "command.txt": command_line() + "\n"})

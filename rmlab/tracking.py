@@ -141,6 +141,7 @@ class Tracker:
         self.retry_s = retry_s
         self._buffer: list[Metric] = []
         self._last: dict[str, tuple[int, float]] = {}  # key -> (step, value) last buffered
+        self._last_point: dict[str, Metric] = {}  # key -> the point last buffered (its timestamp: as stored)
         self._held_steps: dict[str, int] = {}  # a reopened run: key -> the last step the store already holds
         self._last_send = time.monotonic()
         if is_http(self.uri):
@@ -196,9 +197,11 @@ class Tracker:
         self.run_id = run_id
         self.experiment_id = self.client.get_run(run_id).info.experiment_id
 
-    def log_params(self, params: Mapping[str, str]) -> None:
+    def log_params(self, params: Mapping[str, str], tags: Mapping[str, str] | None = None) -> None:
+        """Store ``params`` (and ``tags``, if given, in the same write: one store transaction, not two)."""
         # Synchronous: concurrent async batches logging one param key race and are dropped silently (docs/design.md).
         self.client.log_batch(self.run_id, params=[Param(k, redact(str(v))) for k, v in params.items()],
+                              tags=[RunTag(k, redact(str(v))[:MAX_TAG]) for k, v in (tags or {}).items()],
                               synchronous=True)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
@@ -248,9 +251,16 @@ class Tracker:
             # store keeps one of two identical points, so sent and stored counts would disagree).
             if self._last.get(key) != point and step > self._held_steps.get(key, -1):
                 self._last[key] = point
-                self._buffer.append(Metric(key, point[1], now, step))
+                self._last_point[key] = metric = Metric(key, point[1], now, step)
+                self._buffer.append(metric)
         if time.monotonic() - self._last_send >= self.flush_every_s:
             self._send()
+
+    def sent_point(self, key: str, step: int) -> Metric | None:
+        """The point of ``key`` at ``step`` as this tracker sent it (value and timestamp), if the last point it sent
+        for ``key`` is at ``step``; None otherwise (then only the store knows). Stored once ``drain`` returned True."""
+        point = self._last_point.get(key)
+        return point if point is not None and point.step == step else None
 
     def _send(self, final: bool = False) -> None:
         """Queue the buffered metrics as one batch for the sending thread (the final one carries the points count)."""
@@ -311,7 +321,18 @@ class Tracker:
         self.client.log_inputs(self.run_id, datasets=datasets)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, redact(text), artifact_file)
+        self.log_texts({artifact_file: text})
+
+    def log_texts(self, texts: Mapping[str, str]) -> None:
+        """Store text files (artifact path -> text) in one upload: one artifact-store call for all of them."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, text in texts.items():
+                file = Path(tmp) / name
+                file.parent.mkdir(parents=True, exist_ok=True)
+                file.write_text(redact(text), encoding="utf-8")
+            self.client.log_artifacts(self.run_id, tmp)
 
     def log_table(self, data: Mapping[str, list], artifact_file: str) -> None:
         """Append rows (column -> values) to the run's table ``artifact_file`` (``.json``; MLflow's table artifact,

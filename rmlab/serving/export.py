@@ -75,6 +75,32 @@ def _quiet_mlflow() -> Iterator[None]:
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
+@contextmanager
+def _no_requirement_check() -> Iterator[None]:
+    """Skip MLflow's check of a model's pip requirements against the installed packages while a model is saved.
+
+    ``requirements()`` reads every pin from the installed packages, so the check cannot find a mismatch; but MLflow
+    rebuilds its whole package-to-module map for each requirement it checks, about 15 ms per requirement here, paid
+    by every run (and every job of a sweep). MLflow offers no switch for it: this replaces its private
+    ``mlflow.utils.environment.warn_dependency_requirement_mismatches`` for the duration, in this one place (a test
+    fails if MLflow moves it, and then the check simply runs again)."""
+    from mlflow.utils import environment
+
+    original = getattr(environment, "warn_dependency_requirement_mismatches", None)
+    if original is None:
+        yield
+        return
+    environment.warn_dependency_requirement_mismatches = _requirements_match
+    try:
+        yield
+    finally:
+        environment.warn_dependency_requirement_mismatches = original
+
+
+def _requirements_match(model_requirements: list[str]) -> None:
+    """Stands in for MLflow's requirement check (see ``_no_requirement_check``): nothing to warn about."""
+
+
 def log_model(tracker: Any, cfg: DictConfig, parts: Any, step: int, metrics: dict[str, float],
               params: dict[str, str] | None = None, register_as: str | None = None) -> str | None:
     """Log ``parts.model`` (its current weights: the tested ones) as the run's model; return its model id, or None
@@ -99,7 +125,7 @@ def log_model(tracker: Any, cfg: DictConfig, parts: Any, step: int, metrics: dic
                                        params=params, model_type=io_cls.__name__.lower(),
                                        tags={"task": parts.info.name})
     try:
-        with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
+        with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow(), _no_requirement_check():
             spec_file, weights_file = Path(tmp) / SPEC_FILE, Path(tmp) / WEIGHTS_FILE
             spec_file.write_text(json.dumps(spec, indent=1))
             state = {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()
@@ -117,7 +143,7 @@ def log_model(tracker: Any, cfg: DictConfig, parts: Any, step: int, metrics: dic
                                    model_id=model.model_id))
             client.log_model_artifacts(model.model_id, str(path))
         client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
-        _link_metrics(client, run_id, model.model_id, step, metrics)
+        _link_metrics(tracker, model.model_id, step, metrics)
         client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
     except BaseException:
         client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
@@ -127,14 +153,17 @@ def log_model(tracker: Any, cfg: DictConfig, parts: Any, step: int, metrics: dic
     return model.model_id
 
 
-def _link_metrics(client: Any, run_id: str, model_id: str, step: int, metrics: dict[str, float]) -> None:
+def _link_metrics(tracker: Any, model_id: str, step: int, metrics: dict[str, float]) -> None:
     """Attach the run's points of ``metrics`` at ``step`` to the model. Re-logged with their stored timestamp, so the
-    run's own history gains no second point."""
+    run's own history gains no second point. A point this process sent is known with its timestamp (the tracker
+    drained before); only the others (a resumed run's points stored by an earlier process) are read back."""
     from mlflow.entities import Metric
 
+    client, run_id = tracker.client, tracker.run_id
     points = []
     for key in metrics:
-        stored = [m for m in client.get_metric_history(run_id, key) if m.step == step]
+        sent = tracker.sent_point(key, step)
+        stored = [sent] if sent is not None else [m for m in client.get_metric_history(run_id, key) if m.step == step]
         points += [Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id) for m in stored[-1:]]
     if points:
         client.log_batch(run_id, metrics=points, synchronous=True)

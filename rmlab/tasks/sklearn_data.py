@@ -1,6 +1,7 @@
 """Datasets bundled with scikit-learn (no downloads): digits, breast_cancer, wine (classification), diabetes
 (regression). One class; the YAML's ``dataset`` picks which."""
 
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -22,10 +23,21 @@ class SklearnTask(Task):
         super().__init__(**common)
 
     def _raw(self) -> tuple[np.ndarray, np.ndarray]:
-        import sklearn.datasets
-
-        bunch = getattr(sklearn.datasets, f"load_{self.dataset}")()
-        self.feature_names = [str(name) for name in bunch.feature_names]
+        data, target, feature_names, target_names = _load(self.dataset)
+        self.feature_names = list(feature_names)
         if self.kind == CLASSIFICATION:
-            self.classes = [name.item() if isinstance(name, np.generic) else name for name in bunch.target_names]
-        return bunch.data, bunch.target
+            self.classes = list(target_names)
+        return data, target
+
+
+@lru_cache(maxsize=None)
+def _load(dataset: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], tuple[Any, ...]]:
+    """``load_<dataset>()``, read once per process (each job of a sweep would read and parse the file again). The
+    arrays are shared between runs, so they are read-only: the splits are copies."""
+    import sklearn.datasets
+
+    bunch = getattr(sklearn.datasets, f"load_{dataset}")()
+    for array in (bunch.data, bunch.target):
+        array.setflags(write=False)
+    return (bunch.data, bunch.target, tuple(str(name) for name in bunch.feature_names),
+            tuple(name.item() if isinstance(name, np.generic) else name for name in bunch.target_names))

@@ -1,0 +1,82 @@
+"""What a run (and each job of a sweep) does once instead of every time: MLflow's requirement check skipped while the
+model is saved (its pins come from the installed packages), the sweep's saved overrides read once per version of the
+file, a scikit-learn dataset read once per process; each still gives the same result."""
+
+import os
+
+import mlflow.pyfunc
+import numpy as np
+import pytest
+from mlflow.utils import environment
+from omegaconf import OmegaConf
+
+from rmlab import provenance
+from rmlab.serving import export
+from rmlab.tasks.sklearn_data import SklearnTask
+
+
+class Constant(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def checks_seen(monkeypatch) -> list:
+    """Replace MLflow's requirement check with a recorder of the requirements it is given."""
+    seen = []
+    monkeypatch.setattr(environment, "warn_dependency_requirement_mismatches", seen.append)
+    return seen
+
+
+def test_mlflow_checks_requirements_where_rmlab_skips_the_check(tmp_path, monkeypatch):
+    # The private function rmlab stands in for is the one MLflow's save_model calls: if MLflow moves or renames it,
+    # this fails (and rmlab's models would pay for the check again).
+    seen = checks_seen(monkeypatch)
+    mlflow.pyfunc.save_model(str(tmp_path / "plain"), python_model=Constant(), pip_requirements=export.requirements())
+    assert len(seen) == 1 and any(r.startswith("torch==") for r in seen[0])
+    with export._no_requirement_check():
+        mlflow.pyfunc.save_model(str(tmp_path / "skipped"), python_model=Constant(),
+                                 pip_requirements=export.requirements())
+    assert len(seen) == 1  # not called again
+    assert environment.warn_dependency_requirement_mismatches == seen.append  # put back afterwards
+    # The requirements are still written in full.
+    assert (tmp_path / "skipped" / "requirements.txt").read_text() == (tmp_path / "plain" / "requirements.txt").read_text()
+
+
+def test_the_skipped_check_could_not_have_found_a_mismatch():
+    from mlflow.utils.requirements_utils import _check_requirement_satisfied
+
+    assert [r for r in export.requirements() if _check_requirement_satisfied(r) is not None] == []
+
+
+def test_the_sweeps_overrides_are_read_once_per_version_of_the_file(tmp_path, monkeypatch):
+    saved = tmp_path / "multirun.yaml"
+    saved.write_text("hydra:\n  overrides:\n    task:\n    - optimizer.lr=1e-3,1e-4\n")
+    loads = []
+    load = OmegaConf.load
+    monkeypatch.setattr(OmegaConf, "load", lambda path: loads.append(path) or load(path))
+    provenance._sweep_overrides.cache_clear()
+
+    def read():
+        stat = saved.stat()
+        return provenance._sweep_overrides(str(saved), stat.st_mtime_ns, stat.st_size)
+
+    assert read() == read() == ("optimizer.lr=1e-3,1e-4",)
+    assert len(loads) == 1
+    saved.write_text("hydra:\n  overrides:\n    task:\n    - optimizer.lr=1e-2,1e-5\n    - seed=1\n")
+    os.utime(saved, ns=(saved.stat().st_atime_ns, saved.stat().st_mtime_ns + 1))
+    assert read() == ("optimizer.lr=1e-2,1e-5", "seed=1") and len(loads) == 2
+
+
+def test_a_dataset_read_once_per_process_gives_the_same_splits_and_stays_unchanged():
+    first = SklearnTask(dataset="wine", split_seed=3).load()
+    again = SklearnTask(dataset="wine", split_seed=3).load()
+    other = SklearnTask(dataset="wine", split_seed=4).load()
+    for split in ("train", "val", "test"):
+        assert np.array_equal(first[split].x.numpy(), again[split].x.numpy())
+    assert not np.array_equal(first["train"].y.numpy(), other["train"].y.numpy())
+    data, target, *_ = SklearnTask(dataset="wine", split_seed=3)._raw()
+    with pytest.raises(ValueError, match="read-only"):
+        data[0, 0] = 1.0  # shared between runs: nobody may change it
+    import sklearn.datasets
+
+    assert np.array_equal(data, sklearn.datasets.load_wine().data)
