@@ -20,7 +20,7 @@ Prints one JSON object per line:
 
     python bench/benchmark.py                    # everything (about 6 minutes on 2 cores)
     python bench/benchmark.py --only cases --pairs 5
-    python bench/benchmark.py --only sweep
+    python bench/benchmark.py --only sweep      # --threads 1 on a machine shared with other work
 """
 
 import argparse
@@ -207,11 +207,14 @@ SWEEP_CASES = {
 }
 
 
-def bench_sweep(jobs: int = 12) -> None:
+def bench_sweep(jobs: int = 12, threads: int | None = None) -> None:
     for case, overrides in SWEEP_CASES.items():
         cwd = tempfile.mkdtemp(prefix="rmlab-bench-")
         args = [*overrides, "trainer.enable_progress_bar=false"]
-        run_cli(args, cwd)  # creates the store
+        if threads is not None:
+            args.append(f"trainer.num_threads={threads}")
+        # Creates the store; with a seed no job of the sweep has, so that every job trains (none is reused).
+        run_cli([*args, f"seed={jobs + 1000}"], cwd)
         _, standalone = run_cli([*args, "seed=100"], cwd)
         started, sweep_wall = run_cli(["-m", *args, "seed=" + ",".join(str(s) for s in range(jobs))], cwd)
         runs = last_runs(cwd, jobs)
@@ -220,7 +223,7 @@ def bench_sweep(jobs: int = 12) -> None:
         startup = min(r.info.start_time for r in runs) / 1000 - started
         per_job = sweep_wall / jobs
         marginal = (sweep_wall - startup) / jobs
-        print(json.dumps({"case": case, "jobs": jobs, "sweep_wall_s": round(sweep_wall, 2),
+        print(json.dumps({"case": case, "jobs": jobs, "threads": threads, "sweep_wall_s": round(sweep_wall, 2),
                           "sweep_startup_s": round(startup, 2), "per_job_s": round(per_job, 3),
                           "per_job_after_startup_s": round(marginal, 3), "standalone_run_s": round(standalone, 2),
                           "job_fit_s": round(fit, 3), "per_job_over_fit": round(per_job / fit, 2),
@@ -233,11 +236,14 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3, help="alternating raw/rmlab pairs per case (median)")
     parser.add_argument("--only", choices=["cases", "startup", "sweep"], help="run one part")
     parser.add_argument("--case", choices=list(CASES), help="with --only cases: one case")
+    parser.add_argument("--threads", type=int, help="with --only sweep: trainer.num_threads of every run (default: "
+                        "torch's own; 1 on a machine shared with other work, where more threads than free cores "
+                        "stretch a fit many times over)")
     args = parser.parse_args()
     if args.only in (None, "startup"):
         bench_startup()
     if args.only in (None, "sweep"):
-        bench_sweep()
+        bench_sweep(threads=args.threads)
     if args.only in (None, "cases"):
         bench_cases(args.pairs, args.case)
 

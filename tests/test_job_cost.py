@@ -74,7 +74,7 @@ def test_a_dataset_read_once_per_process_gives_the_same_splits_and_stays_unchang
     for split in ("train", "val", "test"):
         assert np.array_equal(first[split].x.numpy(), again[split].x.numpy())
     assert not np.array_equal(first["train"].y.numpy(), other["train"].y.numpy())
-    data, target, *_ = SklearnTask(dataset="wine", split_seed=3)._raw()
+    data, *_ = SklearnTask(dataset="wine", split_seed=3)._raw()
     with pytest.raises(ValueError, match="read-only"):
         data[0, 0] = 1.0  # shared between runs: nobody may change it
     import sklearn.datasets

@@ -1,7 +1,7 @@
 """Datasets bundled with scikit-learn (no downloads): digits, breast_cancer, wine (classification), diabetes
 (regression). One class; the YAML's ``dataset`` picks which."""
 
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ class SklearnTask(Task):
         return data, target
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(dataset: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], tuple[Any, ...]]:
     """``load_<dataset>()``, read once per process (each job of a sweep would read and parse the file again). The
     arrays are shared between runs, so they are read-only: the splits are copies."""
@@ -39,5 +39,6 @@ def _load(dataset: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], tuple[
     bunch = getattr(sklearn.datasets, f"load_{dataset}")()
     for array in (bunch.data, bunch.target):
         array.setflags(write=False)
+    classes = bunch.get("target_names", ())  # regression sets have none
     return (bunch.data, bunch.target, tuple(str(name) for name in bunch.feature_names),
-            tuple(name.item() if isinstance(name, np.generic) else name for name in bunch.target_names))
+            tuple(name.item() if isinstance(name, np.generic) else name for name in classes))
