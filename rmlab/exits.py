@@ -49,7 +49,21 @@ def run_command(hydra_main: Callable[[], Any]) -> NoReturn:
     finally:
         _restore_env(user_full)
     sys.stdout.flush()
+    _skip_final_collections()
     sys.exit(code)
+
+
+def _skip_final_collections() -> None:
+    """Leave the objects the command made out of the garbage collector's passes at interpreter shutdown.
+
+    Once the command is done (its runs closed, its output printed), Python's shutdown still walks every object
+    torch, Lightning, Hydra and MLflow made (millions) in collector passes: 1.5 to 3 s here after the last line,
+    paid by every command and, in a sweep, spread over its jobs. Frozen objects (``gc.freeze``) are skipped by those
+    passes; everything else about shutdown is unchanged: atexit handlers run, files are flushed and closed, objects
+    are freed. Only objects held in reference cycles are not collected: the process's end releases them."""
+    import gc
+
+    gc.freeze()
 
 
 _OURS = "RMLAB_SET_HYDRA_FULL_ERROR"
