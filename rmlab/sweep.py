@@ -21,8 +21,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from rmlab.sweep_parent import PARENT_RUN_FILE, ParentRun, parent_run_id
 from rmlab.sweep_options import SweepOptions
+from rmlab.sweep_parent import PARENT_RUN_FILE, ParentRun, parent_run_id
 from rmlab.sweep_report import SweepReport
 
 log = logging.getLogger("rmlab")

@@ -36,7 +36,7 @@ class SweepOptions:
 def sweep_options(metrics: Any = None, plot: Any = None, **unknown: Any) -> SweepOptions:
     """The callback's keys as Hydra passes them (a ListConfig or a list), checked; raises ConfigError."""
     if unknown:
-        name = sorted(unknown)[0]
+        name = min(unknown)
         raise ConfigError(f"{PREFIX}.{name} is not a key of the sweep callback: valid keys: {', '.join(KEYS)}")
     return SweepOptions(_metrics(metrics), _plot(plot))
 

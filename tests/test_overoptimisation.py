@@ -22,6 +22,11 @@ from tests.lm_fixtures import reward_model_checkpoint
 STEPS = range(20)
 
 
+def read_csv(path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def child(beta: str, seed: int, kl, proxy, gold, skip: tuple[int, ...] = ()) -> ChildSeries:
     series = {name: {s: float(f(s, seed)) for s in STEPS if s not in skip}
               for name, f in zip(oo.METRICS, (kl, proxy, gold))}
@@ -88,7 +93,7 @@ def test_curves_table_and_verdict_match_an_independent_computation(tmp_path):
                         "| yes |")
 
     oo.write_csv(curves, tmp_path / "o.csv")
-    rows = list(csv.DictReader(open(tmp_path / "o.csv", newline="")))
+    rows = read_csv(tmp_path / "o.csv")
     assert len(rows) == 60 and rows[0]["feedback.beta"] == "0" and rows[0]["seeds"] == "2"
     assert [float(r["sqrt_kl_smoothed"]) for r in rows[:20]] == pytest.approx(np.sqrt(zero[oo.KL + "_s"]))
 
@@ -147,8 +152,7 @@ def test_tiny_sweep_against_a_reward_model_gets_the_plot_on_its_parent(tmp_path)
                              {m: {p.step: p.value for p in client.get_metric_history(c.info.run_id, m)}
                               for m in oo.METRICS}) for c in children]
     ref = reference(histories)
-    rows = list(csv.DictReader(open(client.download_artifacts(parent.info.run_id, "overoptimisation.csv",
-                                                              str(tmp_path)), newline="")))
+    rows = read_csv(client.download_artifacts(parent.info.run_id, "overoptimisation.csv", str(tmp_path)))
     for beta, expected in ref.items():
         mine = [r for r in rows if r["feedback.beta"] == beta]
         assert [int(r["step"]) for r in mine] == expected["step"].tolist() and len(mine) >= 5
@@ -161,7 +165,7 @@ def test_tiny_sweep_against_a_reward_model_gets_the_plot_on_its_parent(tmp_path)
     text = (sweep_dir / "summary.md").read_text()
     assert "## Over-optimisation" in text and "| feedback.beta | seeds | steps | final KL |" in text
     assert "\nOver-optimisation: " in text
-    summary_rows = {r["feedback.beta"]: r for r in csv.DictReader(open(sweep_dir / "summary.csv", newline=""))}
+    summary_rows = {r["feedback.beta"]: r for r in read_csv(sweep_dir / "summary.csv")}
     for beta, row in summary_rows.items():
         mine = [c for c in children if c.data.params["feedback.beta"] == beta]
         for metric in ("train/kl", "test/gold_reward"):
