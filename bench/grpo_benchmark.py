@@ -25,15 +25,18 @@ completions token for token (both sides draw from torch's global generator after
 order), the same rewards, the same policy loss and the same weights after each step (to float rounding).
 
 Prints one JSON object per line: ``equivalence``, then ``grpo_training`` with the medians over ``--pairs``
-alternating pairs (loop, then rmlab) of samples/s (prompts x num_samples completions trained on per second):
-- ``train_ratio``: rmlab's fit without its validation (``perf_fit_s`` minus the time in ``evaluate("val")``) against
-  the loop's training;
-- ``fit_ratio``: rmlab's whole ``perf_fit_s`` (training and its one validation) against the loop's training plus
-  the same validation (teacher-forced cross entropy, greedy generation with the KV cache, exact match);
+alternating pairs (loop first, then rmlab first) of samples/s (prompts x num_samples completions trained on per
+second):
+- ``train_ratio``: rmlab's fit (``Trainer.fit``, the span its ``perf_fit_s`` times) without its validation (the time
+  in ``evaluate("val")``) against the loop's training; ``train_cpu_ratio`` the same in CPU seconds of the process
+  (all its threads): less moved by the other jobs of a shared machine than wall time;
+- ``fit_ratio``: rmlab's whole fit (training and its one validation) against the loop's training plus the same
+  validation (teacher-forced cross entropy, greedy generation with the KV cache, exact match);
 - ``run_ratio``: rmlab from the creation of its MLflow run to the run closed (config and params logged, fit, test,
   best checkpoint, MLflow model logged, metrics flushed) against the loop's training, validation, test evaluation,
   weights saved with ``torch.save`` and its numbers written as JSON;
-- ``*_generation_share``: time generating completions during training / training time, for each side.
+- ``*_generation_share`` (``*_generation_cpu_share``): time generating completions during training / training time,
+  for each side, in wall (CPU) seconds; ``loop_s``/``rmlab_s`` the medians of each side's times.
 Goal: ``train_ratio`` >= 0.85.
 
     python bench/grpo_benchmark.py --threads 1                   # about 2-3 minutes on 2 cores
@@ -41,6 +44,7 @@ Goal: ``train_ratio`` >= 0.85.
 """
 
 import argparse
+import gc
 import io
 import json
 import os
@@ -67,6 +71,25 @@ def compose(overrides):
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         return hydra_compose("config", overrides=list(overrides))
+
+
+class Span:
+    """Wall and CPU seconds (of this process, all its threads) spent inside ``with span:``, summed over its uses."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+
+    def __enter__(self) -> "Span":
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall += time.perf_counter() - self._wall
+        self.cpu += time.process_time() - self._cpu
+
+
+def row(**spans: Span) -> dict:
+    return {**{f"{k}_s": v.wall for k, v in spans.items()}, **{f"{k}_cpu_s": v.cpu for k, v in spans.items()}}
 
 
 # -- the hand-written loop --------------------------------------------------------------------------------------------
@@ -152,11 +175,11 @@ class Loop:
             "the loop writes out grpo's defaults only"
         self.torch = torch
         self.score = score
-        self.gen_s = 0.0
+        self.generation = Span()
         self.trace: list[dict] = []  # per step, for the equivalence check (when tracing)
 
-    def train(self, batches: int, trace: bool = False) -> float:
-        """Train on ``batches`` batches; return the seconds it took."""
+    def train(self, batches: int, trace: bool = False) -> None:
+        """Train on ``batches`` batches."""
         import copy
 
         import torch
@@ -164,7 +187,6 @@ class Loop:
 
         from rmlab.sequence import IGNORE_INDEX
 
-        started = time.perf_counter()
         model = self.model
         cfg = self.cfg
         o = cfg.optimizer
@@ -181,10 +203,8 @@ class Loop:
             ids = train.prompt_ids[rows, -prompt:].repeat_interleave(k, 0)
             mask = train.prompt_mask[rows, -prompt:].repeat_interleave(k, 0)
             examples = [train.examples[i] for i in rows.repeat_interleave(k).tolist()]
-            t0 = time.perf_counter()
-            with torch.no_grad():
+            with self.generation, torch.no_grad():
                 completion, cmask = sample(model, ids, mask, self.max_new, temperature=self.temperature)
-            self.gen_s += time.perf_counter() - t0
             rewards = torch.tensor(scores(self.score, texts_of(tok, completion, cmask), examples))
             groups = rewards.view(-1, k)
             advantages = ((groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-4)).view(-1, 1)
@@ -210,7 +230,6 @@ class Loop:
                 self.trace.append({"completion": completion.clone(), "rewards": rewards.clone(),
                                    "pg_loss": loss.item(), "kl": kl.item(),
                                    "weights": {n: p.detach().clone() for n, p in model.named_parameters()}})
-        return time.perf_counter() - started
 
     def evaluate(self, split: str) -> float:
         """Teacher-forced cross entropy, greedy generation and exact match over a split, as rmlab evaluates."""
@@ -236,33 +255,38 @@ class Loop:
 
 def loop_run(cfg, batches: int, out: Path) -> dict:
     loop = Loop(cfg)
-    started = time.perf_counter()
-    train_s = loop.train(batches)
-    val = loop.evaluate("val")
-    fit_s = time.perf_counter() - started
-    test = loop.evaluate("test")
-    loop.torch.save(loop.model.state_dict(), out / "loop.pt")
-    (out / "loop.json").write_text(json.dumps({"val/reward": val, "test/reward": test}))
-    return {"train_s": train_s, "fit_s": fit_s, "run_s": time.perf_counter() - started, "gen_s": loop.gen_s}
+    train, fit, run = Span(), Span(), Span()
+    with run:
+        with fit:
+            with train:
+                loop.train(batches)
+            val = loop.evaluate("val")
+        test = loop.evaluate("test")
+        loop.torch.save(loop.model.state_dict(), out / "loop.pt")
+        (out / "loop.json").write_text(json.dumps({"val/reward": val, "test/reward": test}))
+    return row(train=train, fit=fit, run=run, gen=loop.generation)
 
 
 # -- rmlab ------------------------------------------------------------------------------------------------------------
 
 @contextmanager
-def instrumented(record: dict, trace: list | None = None):
-    """Time rmlab's training generation and its validation (and, with ``trace``, record each policy batch)."""
+def instrumented(spans: dict[str, Span], trace: list | None = None):
+    """Time rmlab's fit (``Trainer.fit``), the generation of its policy steps, its validation and its MLflow run
+    (from its creation to its closing); with ``trace``, record each policy batch."""
+    import pytorch_lightning as pl
+
     import rmlab.sequence_policy as sp
     from rmlab.sequence_module import SequenceModule
     from rmlab.tracking import Tracker
 
-    originals = (sp.generate, sp.run_policy_batch, SequenceModule.evaluate, Tracker.start, Tracker.finish)
-    generate, run_policy_batch, evaluate, start, finish = originals
-    record.update(gen_s=0.0, val_s=0.0)
+    originals = (sp.generate, sp.run_policy_batch, SequenceModule.evaluate, Tracker.start, Tracker.finish,
+                 pl.Trainer.fit)
+    generate, run_policy_batch, evaluate, start, finish, fit = originals
+    spans.update(gen=Span(), val=Span(), fit=Span(), run=Span())
 
     def timed_generate(*args, **kwargs):
-        t0 = time.perf_counter()
-        out = generate(*args, **kwargs)
-        record["gen_s"] += time.perf_counter() - t0
+        with spans["gen"]:
+            out = generate(*args, **kwargs)
         if trace is not None:
             trace.append({"completion": out.ids.clone()})
         return out
@@ -276,41 +300,44 @@ def instrumented(record: dict, trace: list | None = None):
         return out
 
     def timed_evaluate(self, split, batches):
-        t0 = time.perf_counter()
-        try:
+        if split != "val":
             return evaluate(self, split, batches)
-        finally:
-            if split == "val":
-                record["val_s"] += time.perf_counter() - t0
+        with spans["val"]:
+            return evaluate(self, split, batches)
+
+    def timed_fit(self, *args, **kwargs):
+        with spans["fit"]:
+            return fit(self, *args, **kwargs)
 
     def timed_start(self, *args, **kwargs):
-        record["created"] = time.perf_counter()
+        spans["run"].__enter__()  # before the run is created: its creation counts
         return start(self, *args, **kwargs)
 
     def timed_finish(self, *args, **kwargs):
         try:
             return finish(self, *args, **kwargs)
         finally:
-            record["closed"] = time.perf_counter()
+            spans["run"].__exit__()
 
     sp.generate, sp.run_policy_batch, SequenceModule.evaluate = timed_generate, traced_batch, timed_evaluate
-    Tracker.start, Tracker.finish = timed_start, timed_finish
+    Tracker.start, Tracker.finish, pl.Trainer.fit = timed_start, timed_finish, timed_fit
     try:
         yield
     finally:
-        sp.generate, sp.run_policy_batch, SequenceModule.evaluate, Tracker.start, Tracker.finish = originals
+        (sp.generate, sp.run_policy_batch, SequenceModule.evaluate, Tracker.start, Tracker.finish,
+         pl.Trainer.fit) = originals
 
 
 def rmlab_run(cfg, store: Path, trace: list | None = None) -> dict:
     from rmlab.run import train
 
     cfg.logger.tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
-    record: dict = {}
-    with instrumented(record, trace), redirect_stdout(io.StringIO()):  # its result block: keep stdout JSON lines
-        results = train(cfg)
-    fit_s = results["perf_fit_s"]
-    return {"train_s": fit_s - record["val_s"], "fit_s": fit_s, "run_s": record["closed"] - record["created"],
-            "gen_s": record["gen_s"]}
+    spans: dict[str, Span] = {}
+    with instrumented(spans, trace), redirect_stdout(io.StringIO()):  # its result block: keep stdout JSON lines
+        train(cfg)
+    train_span = Span()
+    train_span.wall, train_span.cpu = spans["fit"].wall - spans["val"].wall, spans["fit"].cpu - spans["val"].cpu
+    return row(train=train_span, fit=spans["fit"], run=spans["run"], gen=spans["gen"])
 
 
 # -- the cases --------------------------------------------------------------------------------------------------------
@@ -360,9 +387,15 @@ def training_case(overrides: list[str], batches: int, pairs: int, store: Path) -
     cfg_overrides = overrides + [f"trainer.limit_train_batches={batches}"]
     rmlab_run(compose(cfg_overrides), store)  # warm-up: imports, the store's schema, first-call kernels
     loop_rows, rmlab_rows = [], []
-    for _ in range(pairs):
-        loop_rows.append(loop_run(compose(cfg_overrides), batches, store))
-        rmlab_rows.append(rmlab_run(compose(cfg_overrides), store))
+    for pair in range(pairs):
+        # Each side goes first in every other pair, so a drift of the machine's load favours neither; each starts
+        # with the garbage of the other collected.
+        for side in (("loop", "rmlab") if pair % 2 == 0 else ("rmlab", "loop")):
+            gc.collect()
+            if side == "loop":
+                loop_rows.append(loop_run(compose(cfg_overrides), batches, store))
+            else:
+                rmlab_rows.append(rmlab_run(compose(cfg_overrides), store))
     cfg = compose(cfg_overrides)
     samples = batches * cfg.task.batch_size * cfg.feedback.num_samples
 
@@ -372,15 +405,23 @@ def training_case(overrides: list[str], batches: int, pairs: int, store: Path) -
     def ratio(key):  # samples/s ratio rmlab / loop = loop time / rmlab time, pair by pair
         return round(statistics.median(lp[key] / rm[key] for lp, rm in zip(loop_rows, rmlab_rows)), 3)
 
+    def share(rows, clock=""):
+        return round(statistics.median(r[f"gen{clock}_s"] / r[f"train{clock}_s"] for r in rows), 3)
+
+    keys = ("gen_s", "train_s", "fit_s", "run_s", "gen_cpu_s", "train_cpu_s")
+
     return {"case": "grpo_training", "batches": batches, "prompts_per_batch": cfg.task.batch_size,
             "num_samples": cfg.feedback.num_samples, "samples": samples,
             "loop_samples_per_s": round(samples / median(loop_rows, "train_s"), 1),
             "rmlab_samples_per_s": round(samples / median(rmlab_rows, "train_s"), 1),
             "train_ratio": ratio("train_s"), "fit_ratio": ratio("fit_s"), "run_ratio": ratio("run_s"),
-            "loop_generation_share": round(statistics.median(r["gen_s"] / r["train_s"] for r in loop_rows), 3),
-            "rmlab_generation_share": round(statistics.median(r["gen_s"] / r["train_s"] for r in rmlab_rows), 3),
-            "loop_s": {k: round(median(loop_rows, k), 3) for k in ("gen_s", "train_s", "fit_s", "run_s")},
-            "rmlab_s": {k: round(median(rmlab_rows, k), 3) for k in ("gen_s", "train_s", "fit_s", "run_s")},
+            "train_cpu_ratio": ratio("train_cpu_s"),
+            "loop_generation_share": share(loop_rows), "rmlab_generation_share": share(rmlab_rows),
+            "loop_generation_cpu_share": share(loop_rows, "_cpu"),
+            "rmlab_generation_cpu_share": share(rmlab_rows, "_cpu"),
+            "loop_s": {k: round(median(loop_rows, k), 3) for k in keys},
+            "rmlab_s": {k: round(median(rmlab_rows, k), 3) for k in keys},
+            "train_ratio_per_pair": [round(lp["train_s"] / rm["train_s"], 3) for lp, rm in zip(loop_rows, rmlab_rows)],
             "pairs": pairs, "threads": torch.get_num_threads()}
 
 
