@@ -54,6 +54,7 @@ import tempfile
 import time
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
+from typing import Self
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -79,7 +80,7 @@ class Span:
     def __init__(self) -> None:
         self.wall = self.cpu = 0.0
 
-    def __enter__(self) -> "Span":
+    def __enter__(self) -> Self:
         self._wall, self._cpu = time.perf_counter(), time.process_time()
         return self
 
@@ -125,11 +126,11 @@ def sample(model, ids, mask, max_new_tokens: int, greedy: bool = False, temperat
 
 def texts_of(tokenizer, ids, mask) -> list[str]:
     texts = []
-    for row, length in zip(ids.tolist(), mask.sum(1).tolist()):
-        row = row[:length]
-        if row and row[-1] == tokenizer.eos_id:
-            row = row[:-1]
-        texts.append(tokenizer.decode(row))
+    for tokens, length in zip(ids.tolist(), mask.sum(1).tolist()):
+        tokens = tokens[:length]
+        if tokens and tokens[-1] == tokenizer.eos_id:
+            tokens = tokens[:-1]
+        texts.append(tokenizer.decode(tokens))
     return texts
 
 
@@ -176,6 +177,7 @@ class Loop:
         self.torch = torch
         self.score = score
         self.generation = Span()
+        self.history: list[dict] = []
         self.trace: list[dict] = []  # per step, for the equivalence check (when tracing)
 
     def train(self, batches: int, trace: bool = False) -> None:
@@ -224,8 +226,9 @@ class Loop:
             with torch.no_grad():
                 log_r = (ref - logps) * m
                 kl = ((torch.expm1(log_r) - log_r) * m).sum() / m.sum()
-            if (step + 1) % log_every == 0:
-                [task_loss.item(), loss.item(), rewards.mean().item(), kl.item()]
+            if (step + 1) % log_every == 0:  # as rmlab logs its per-step metrics
+                self.history.append({"loss": task_loss.item(), "pg_loss": loss.item(),
+                                     "sampled_reward": rewards.mean().item(), "kl": kl.item()})
             if trace:
                 self.trace.append({"completion": completion.clone(), "rewards": rewards.clone(),
                                    "pg_loss": loss.item(), "kl": kl.item(),
