@@ -450,7 +450,10 @@ def main() -> None:
         try:
             store = Path(folder)
             if not args.skip_equivalence:
-                print(json.dumps(equivalence(overrides, store)), flush=True)
+                check = equivalence(overrides, store)
+                print(json.dumps(check), flush=True)
+                if not check["ok"]:
+                    sys.exit("the two sides did not do the same work: no ratio measured")
             print(json.dumps(training_case(overrides, args.batches, args.pairs, store)), flush=True)
         finally:
             os.chdir(here)
