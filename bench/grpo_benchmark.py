@@ -380,7 +380,7 @@ def equivalence(overrides: list[str], store: Path) -> dict:
     report["max_weight_change"] = max(float((theirs[-1]["weights"][n] - w).abs().max()) for n, w in initial.items())
     report["ok"] = bool(report["max_weight_change"] > 0 and report["same_completions"] and report["same_rewards"]
                         and all(abs(x - y) <= 1e-5 * max(1.0, abs(x)) for x, y in report["pg_loss"])
-                        and all(d <= 1e-5 for d in report["max_weight_diff"]))
+                        and all(d <= 1e-6 for d in report["max_weight_diff"]))
     return report
 
 
