@@ -267,4 +267,4 @@ def initialise_model(cfg: DictConfig, model: Any) -> str | None:
     from rmlab.init_from import initialise
 
     return initialise(model, value, OmegaConf.to_container(cfg.model, resolve=True),
-                      cfg.logger.get("tracking_uri"))
+                      cfg.logger.get("tracking_uri"), int(cfg.seed))

@@ -8,6 +8,9 @@
   ``rmlab.output_dir``) while that folder is still on this machine, else the weights of the run's logged MLflow
   model (``logger.log_model=true``, for the kinds that have one); the run's model and task configs are its
   ``config.yaml``;
+- a sweep's parent run id: the sweep's finished child run with this run's ``seed`` (one per seed: the way a study
+  fine-tunes each seed of a supervised sweep from the same seed's weights); no such child, or several (a sweep that
+  varied more than the seed), is an error listing what the sweep holds;
 - a run's output folder (it holds ``checkpoints/best.ckpt``);
 - a checkpoint file written by rmlab (``{"state_dict": ..., "model_config": ...}``).
 
@@ -40,6 +43,7 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 PREFIX = "model."  # the language model / KindHead inside the LightningModule's state dict
 TAG = "rmlab.init_from"
 OUTPUT_DIR_TAG = "rmlab.output_dir"
+ROLE_TAG = "rmlab.role"  # "parent" on a sweep's parent run
 PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
@@ -64,13 +68,14 @@ def checkpoint_meta(model_config: dict[str, Any], task_config: dict[str, Any] | 
     return {"model_config": model_config, "task_config": task_config, "spec": spec}
 
 
-def resolve(value: str, tracking_uri: str | None) -> Source:
-    """Read the source ``init_from`` names (see the module docstring); ConfigError if it cannot be used."""
+def resolve(value: str, tracking_uri: str | None, seed: int | None = None) -> Source:
+    """Read the source ``init_from`` names (see the module docstring); ConfigError if it cannot be used. ``seed``
+    picks the child of a sweep's parent run (None: a parent run is refused)."""
     path = Path(value).expanduser()
     if path.exists():
         return _from_path(path, value)
     if RUN_ID.match(value):
-        return _from_run(value, tracking_uri)
+        return _from_run(value, tracking_uri, seed)
     raise ConfigError(f"init_from={value}: no such file or folder, and not an MLflow run id (32 hex digits); give a "
                       f"run id, a run's output folder (with {CHECKPOINT}) or a checkpoint file")
 
@@ -105,7 +110,7 @@ def _hydra_model_config(file: Path) -> dict[str, Any] | None:
     return model if isinstance(model, dict) else None
 
 
-def _from_run(run_id: str, tracking_uri: str | None) -> Source:
+def _from_run(run_id: str, tracking_uri: str | None, seed: int | None = None) -> Source:
     from rmlab.store import resolve_tracking_uri, sqlite_path
 
     uri = resolve_tracking_uri(tracking_uri)
@@ -115,7 +120,7 @@ def _from_run(run_id: str, tracking_uri: str | None) -> Source:
         raise ConfigError(f"{where}: no MLflow store at {db} to look the run up in (set logger.tracking_uri or "
                           "$MLFLOW_TRACKING_URI to the store of the earlier run, or give a checkpoint path)")
     with _quiet_downloads():
-        return _read_run(run_id, uri, where)
+        return _read_run(run_id, uri, where, seed)
 
 
 @contextmanager
@@ -132,7 +137,7 @@ def _quiet_downloads() -> Iterator[None]:
             os.environ[PROGRESS_BAR] = before
 
 
-def _read_run(run_id: str, uri: str, where: str) -> Source:
+def _read_run(run_id: str, uri: str, where: str, seed: int | None = None) -> Source:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -144,6 +149,11 @@ def _read_run(run_id: str, uri: str, where: str) -> Source:
                           f"({_first_line(err)})") from err
     if run.info.lifecycle_stage == "deleted":
         raise ConfigError(f"{where}: the run is deleted in {uri}")
+    if run.data.tags.get(ROLE_TAG) == "parent":
+        child = _child_with_seed(client, run, seed, where)
+        found = _read_run(child.info.run_id, uri, where)
+        return Source(f"run {child.info.run_id} (seed {seed} of sweep {run_id})", found.state_dict,
+                      found.model_config, found.task_config, found.spec)
     with tempfile.TemporaryDirectory(prefix="rmlab-init-") as tmp:
         config_file = _download(client, run_id, "config.yaml", tmp)
         config, task = None, None
@@ -171,6 +181,27 @@ def _read_run(run_id: str, uri: str, where: str) -> Source:
         content = _read(file, where)
     return Source(f"run {run_id}", _model_weights(content, where), config or content.get("model_config"),
                   task or content.get("task_config"), content.get("spec"))
+
+
+def _child_with_seed(client, parent, seed: int | None, where: str):
+    """The parent's one FINISHED child run whose ``seed`` param is ``seed``; ConfigError naming what the sweep holds
+    otherwise."""
+    parent_id = parent.info.run_id
+    if seed is None:
+        raise ConfigError(f"{where}: the run is a sweep's parent, which holds no weights; give one of its child runs")
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", max_results=50000)
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    matching = [c for c in finished if c.data.params.get("seed") == str(seed)]
+    if len(matching) == 1:
+        return matching[0]
+    if not matching:
+        seeds = sorted({c.data.params.get("seed", "?") for c in finished}, key=lambda s: (len(s), s))
+        raise ConfigError(f"{where}: the sweep (parent run) has no finished child run with seed={seed} "
+                          f"(finished children's seeds: {', '.join(seeds) or 'none'}); use one of those seeds")
+    cells = sorted(c.data.tags.get("rmlab.overrides", c.info.run_id) for c in matching)
+    raise ConfigError(f"{where}: the sweep (parent run) has {len(matching)} finished child runs with seed={seed} "
+                      f"({'; '.join(cells[:4])}): it varied more than the seed; give one child's run id")
 
 
 def _logged_model(client, run, uri: str, into: str, where: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -299,9 +330,11 @@ def load_weights(model: Any, source: Source, value: str, changed: list[str] | No
     model.load_state_dict(source.state_dict, strict=True)
 
 
-def initialise(model: Any, value: str, model_config: dict[str, Any], tracking_uri: str | None) -> str:
-    """Load ``init_from`` into ``model`` after checking it fits; return the label recorded on the run."""
-    source = resolve(value, tracking_uri)
+def initialise(model: Any, value: str, model_config: dict[str, Any], tracking_uri: str | None,
+               seed: int | None = None) -> str:
+    """Load ``init_from`` into ``model`` after checking it fits; return the label recorded on the run. ``seed`` (the
+    run's) picks the child of a sweep's parent run."""
+    source = resolve(value, tracking_uri, seed)
     changed = check_compatible(source, model_config, value)
     load_weights(model, source, value, changed)
     return source.label

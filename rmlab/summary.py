@@ -73,6 +73,14 @@ def varying_keys(records: Sequence[JobRecord], group_seeds: bool = True, searche
             and not (group_seeds and k in SEED_KEYS)]
 
 
+def missing_metrics(records: Sequence[JobRecord], metrics: Sequence[str]) -> list[str]:
+    """A note for each asked-for metric that no finished job logged (a misspelt name, or a task without it): its
+    column stays blank, and the summary says why."""
+    done = [r for r in records if r.status == "FINISHED"]
+    return [f"No finished job logged {m}: its column is blank." for m in metrics
+            if done and not any(m in r.metrics for r in done)]
+
+
 def _stats(values: list[float]) -> tuple[float | None, float | None]:
     values = [v for v in values if not math.isnan(v)]
     if not values:

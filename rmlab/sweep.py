@@ -21,6 +21,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from rmlab.sweep_options import SweepOptions
 from rmlab.sweep_parent import PARENT_RUN_FILE, ParentRun, parent_run_id
 from rmlab.sweep_report import SweepReport
 
@@ -92,8 +93,17 @@ class SweepCallback(Callback):
     jobs (joblib, submitit), which need nothing from it but the parent id file.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, **options: Any) -> None:
+        from rmlab.errors import Abort, ConfigError
+        from rmlab.sweep_options import sweep_options
+
         self.parent: ParentRun | None = None
+        try:
+            # The preset's summary options (rmlab.sweep_options), checked when Hydra builds the callback: before the
+            # sweep folder or any run exists.
+            self.options = sweep_options(**options)
+        except ConfigError as err:
+            raise Abort(err) from err  # Hydra's instantiate would wrap an Exception in its own, many-line one
 
     def __getstate__(self) -> dict:
         return {}
@@ -110,7 +120,7 @@ class SweepCallback(Callback):
         from rmlab.errors import Abort
 
         try:
-            self.parent = _open_parent(config)
+            self.parent = _open_parent(config, self.options)
         except Exception as err:
             # Hydra turns an exception here into a warning and runs the sweep without its parent: stop instead.
             raise Abort(err) from err
@@ -121,8 +131,9 @@ class SweepCallback(Callback):
             self.parent = None
 
 
-def _open_parent(config: DictConfig) -> ParentRun:
-    """Open the parent run of the multirun ``config`` describes: its tags, params, report and planned job count."""
+def _open_parent(config: DictConfig, options: SweepOptions) -> ParentRun:
+    """Open the parent run of the multirun ``config`` describes: its tags, params, report (with the preset's
+    ``options``) and planned job count."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     import rmlab
@@ -159,10 +170,15 @@ def _open_parent(config: DictConfig) -> ParentRun:
     params.update({f"sweep.params.{k}": v for k, v in (sweeper_cfg.pop("params", None) or {}).items()})
     params.update({f"sweep.{k}": v for k, v in sweeper_cfg.items() if k in (
         "n_trials", "n_jobs", "direction", "objective", "study_name", "storage")})
+    if options.metrics:
+        params["sweep.metrics"] = ",".join(options.metrics)
+    if options.plot:
+        params["sweep.plot"] = options.plot
     params.update({f"sweep.launcher.{k}": v for k, v in (config.hydra.launcher or {}).items()
                    if k in ("n_jobs", "partition", "gpus_per_node", "timeout_min", "cpus_per_task")})
     parent = ParentRun(uri, experiment, sweep_dir, run_name,
-                       SweepReport(sweep_dir, run_name, optuna=optuna, fixed=fixed),
+                       SweepReport(sweep_dir, run_name, optuna=optuna, fixed=fixed, metrics=list(options.metrics),
+                                   plot=options.plot),
                        planned_jobs=_planned_or_none(config) if sweeper == "basic" else None)
     parent.open(tags, params)
     return parent

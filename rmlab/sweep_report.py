@@ -24,6 +24,8 @@ class SweepReport:
     run_name: str
     optuna: dict[str, Any] | None = None  # objective and direction of an rmlab_optuna sweep
     fixed: list[str] = field(default_factory=list)  # keys the sweep sets to one value: never a summary column
+    metrics: list[str] = field(default_factory=list)  # extra columns the preset asked for (rmlab.sweep_options)
+    plot: str | None = None  # an extra figure the preset asked for: overoptimisation
 
     def __call__(self, tracker: Any, children: list, status_of: dict[str, str], notes: list[str]) -> int:
         """Write summary.{csv,md,png} to the sweep dir and the parent, log the best cell; return the failure count.
@@ -34,8 +36,9 @@ class SweepReport:
         trials = self.optuna is not None
         objective = self.optuna["objective"] if trials else summary.SELECTION_METRIC
         maximize = self.optuna["maximize"] if trials else True
-        metrics = list(summary.METRICS) + ([objective] if objective not in summary.METRICS else [])
+        metrics = list(dict.fromkeys([*summary.METRICS, objective, *self.metrics]))
         records = [_job_record(run, status_of[run.info.run_id]) for run in children]
+        notes = notes + summary.missing_metrics(records, self.metrics)
         searched = [k for r in records for k in r.overrides if k not in self.fixed] if trials else []
         keys, cells = summary.build_cells(records, metrics, trials=trials, searched=searched)
         if trials:
@@ -69,8 +72,18 @@ class SweepReport:
             tags.update({"study_best_trial": str(study.best_trial), "study_best_value": str(study.best_value)})
             lines.append(f"Study {study.study_name!r} best: trial {study.best_trial}, {objective} "
                          f"{study.best_value}")
-        text = "\n".join(lines) + "\n"
         files = {name: self.sweep_dir / name for name in ("summary.csv", "summary.md", "summary.png")}
+        if self.plot == "overoptimisation":
+            from rmlab.overoptimisation import report
+
+            try:
+                found, section = report(tracker.client, children, status_of, keys, self.sweep_dir, self.run_name)
+            except Exception as err:  # the normal summary still goes up
+                log.error(f"Over-optimisation report failed: {type(err).__name__}: {err}")
+                found, section = {}, [f"No over-optimisation report: {type(err).__name__}: {err}"]
+            files.update(found)
+            lines += ["", *section]
+        text = "\n".join(lines) + "\n"
         summary.write_csv(keys, cells, files["summary.csv"], metrics)
         files["summary.md"].write_text(text)
         try:

@@ -27,7 +27,7 @@ NEED_A_PATH = {"csv", "preference_file"}
 # Policy optimisation trains language models: built on a sequence task (and refused on tabular ones, below).
 SEQUENCE_FEEDBACK = {"grpo", "rloo"}
 # Preference optimisation of a language model: its losses and tasks (output kind sequence_pair) build together.
-SEQUENCE_PAIR_LOSSES = {"dpo", "simpo", "orpo"}
+SEQUENCE_PAIR_LOSSES = {"dpo", "dpo_ipo", "simpo", "orpo"}
 SEQUENCE_PAIR_TASKS = {"reverse_preference", "addition_preference", "preference_completion_file"}
 # Sequence tasks (the file tasks given a file, reasoning_gym a dataset) build with a language model and a text reward;
 # their own configs are tested in test_sequence_tasks.py.

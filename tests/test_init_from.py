@@ -164,3 +164,31 @@ def test_a_hugging_face_model_may_change_its_dropout_overrides_only(workdir):
     assert all(torch.equal(parts.model.state_dict()[k], v) for k, v in expected.items())
     with pytest.raises(ConfigError, match=re.escape("model.overrides.n_inner=None (here 32)")):
         build_components(compose_config(*hf, f"init_from={file}", "+model.overrides.n_inner=32"))
+
+
+def test_a_sweep_parent_gives_each_seed_its_own_childs_weights(workdir):
+    """init_from=<a sweep's parent run id>: each job starts from the sweep's finished child with its own seed."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    children = {seed: train(compose_config(*TABULAR, "logger.log_checkpoint=true", f"seed={seed}"))["run_id"]
+                for seed in (0, 1)}
+    experiment = client.get_run(children[0]).info.experiment_id
+    parent = client.create_run(experiment, tags={"rmlab.role": "parent"}).info.run_id
+    for child in children.values():
+        client.set_tag(child, "mlflow.parentRunId", parent)
+    for seed, child in children.items():
+        parts = build_components(compose_config(*TABULAR, f"init_from={parent}", f"seed={seed}"))
+        expected = model_weights(checkpoint_of(child, workdir))
+        assert all(torch.equal(parts.model.state_dict()[k], v) for k, v in expected.items()), seed
+        assert parts.init_from == f"run {child} (seed {seed} of sweep {parent})"
+    with pytest.raises(ConfigError, match=rf"init_from={parent}: the sweep \(parent run\) has no finished child run "
+                                          r"with seed=5 \(finished children's seeds: 0, 1\)"):
+        build_components(compose_config(*TABULAR, f"init_from={parent}", "seed=5"))
+    # A sweep that varied more than the seed: two children with seed 0 is ambiguous.
+    other = train(compose_config(*TABULAR, "logger.log_checkpoint=true", "optimizer.lr=0.01"))["run_id"]
+    client.set_tag(other, "mlflow.parentRunId", parent)
+    with pytest.raises(ConfigError, match=r"has 2 finished child runs with seed=0 .*give one child's run id"):
+        build_components(compose_config(*TABULAR, f"init_from={parent}"))
+    # A parent is no reward model either (the reward's lookup has no seed to pick a child by).
+    from rmlab.init_from import resolve
+    with pytest.raises(ConfigError, match="the run is a sweep's parent, which holds no weights"):
+        resolve(parent, f"sqlite:///{workdir / 'mlflow.db'}")

@@ -340,6 +340,9 @@ def _yaml_reference(name: str, cfg, out, tgt) -> torch.Tensor:
     if name == "dpo":  # Rafailov et al. 2023, sigmoid form: -log sigmoid(beta * (log-ratio chosen - rejected))
         h = (out.chosen - tgt.chosen) - (out.rejected - tgt.rejected)
         return -torch.log(torch.sigmoid(cfg.beta * h)).mean()
+    if name == "dpo_ipo":  # Azar et al. 2023 on per-token log-ratios: (gap - 1/(2 beta))^2
+        gap = (out.chosen - tgt.chosen) / out.chosen_tokens - (out.rejected - tgt.rejected) / out.rejected_tokens
+        return ((gap - 1 / (2 * cfg.beta)) ** 2).mean()
     if name == "simpo":  # Meng et al. 2024: length-normalised, margin gamma
         a_c, a_r = out.chosen / out.chosen_tokens, out.rejected / out.rejected_tokens
         return -torch.log(torch.sigmoid(cfg.beta * (a_c - a_r) - cfg.gamma)).mean()
