@@ -27,6 +27,7 @@ def checks_seen(monkeypatch) -> list:
     return seen
 
 
+@pytest.mark.filterwarnings("ignore:.*type hints.*:UserWarning")  # MLflow's advice for the stand-in model above
 def test_mlflow_checks_requirements_where_rmlab_skips_the_check(tmp_path, monkeypatch):
     # The private function rmlab stands in for is the one MLflow's save_model calls: if MLflow moves or renames it,
     # this fails (and rmlab's models would pay for the check again).
