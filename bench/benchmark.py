@@ -20,7 +20,8 @@ Prints one JSON object per line:
 
     python bench/benchmark.py                    # everything (about 6 minutes on 2 cores)
     python bench/benchmark.py --only cases --pairs 5
-    python bench/benchmark.py --only sweep      # --threads 1 on a machine shared with other work
+    python bench/benchmark.py --only sweep
+    python bench/benchmark.py --only sweep --threads 1   # on a machine shared with other work (also --only cases)
 """
 
 import argparse
@@ -124,17 +125,22 @@ def rmlab_run(cfg) -> tuple[float, float]:
     return results["perf_train_samples_per_s"], samples / (marks["closed"] - marks["created"])
 
 
-def bench_cases(pairs: int, only_case: str | None) -> None:
+def bench_cases(pairs: int, only_case: str | None, threads: int | None = None) -> None:
     import logging
 
     logging.disable(logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="rmlab-bench-"))
     os.chdir(workdir)
+    if threads is not None:  # the raw loop's threads; rmlab's come from trainer.num_threads, the same number
+        import torch
+
+        torch.set_num_threads(threads)
     for case, overrides in CASES.items():
         if only_case and case != only_case:
             continue
         cfg = compose([*overrides, "trainer.enable_progress_bar=false",
-                       f"logger.tracking_uri=sqlite:///{workdir}/mlflow.db"])
+                       f"logger.tracking_uri=sqlite:///{workdir}/mlflow.db",
+                       *([f"trainer.num_threads={threads}"] if threads is not None else [])])
         rmlab_run(cfg)  # warm-up: creates the store and the experiment, first-call costs
         raw_fit, raw_run, our_fit, our_run = [], [], [], []
         for _ in range(pairs):
@@ -148,7 +154,8 @@ def bench_cases(pairs: int, only_case: str | None) -> None:
         print(json.dumps({"case": case, "raw_samples_per_s": round(med(raw_fit)),
                           "rmlab_samples_per_s": round(med(our_fit)), "fit_ratio": round(med(our_fit) / med(raw_fit), 3),
                           "raw_run_samples_per_s": round(med(raw_run)), "rmlab_run_samples_per_s": round(med(our_run)),
-                          "run_ratio": round(med(our_run) / med(raw_run), 3), "pairs": pairs}), flush=True)
+                          "run_ratio": round(med(our_run) / med(raw_run), 3), "pairs": pairs, "threads": threads}),
+              flush=True)
 
 
 def cli_env() -> dict[str, str]:
@@ -236,7 +243,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3, help="alternating raw/rmlab pairs per case (median)")
     parser.add_argument("--only", choices=["cases", "startup", "sweep"], help="run one part")
     parser.add_argument("--case", choices=list(CASES), help="with --only cases: one case")
-    parser.add_argument("--threads", type=int, help="with --only sweep: trainer.num_threads of every run (default: "
+    parser.add_argument("--threads", type=int, help="torch threads of the raw loop and trainer.num_threads of every "
+                        "rmlab run (default: "
                         "torch's own; 1 on a machine shared with other work, where more threads than free cores "
                         "stretch a fit many times over)")
     args = parser.parse_args()
@@ -245,7 +253,7 @@ def main() -> None:
     if args.only in (None, "sweep"):
         bench_sweep(threads=args.threads)
     if args.only in (None, "cases"):
-        bench_cases(args.pairs, args.case)
+        bench_cases(args.pairs, args.case, args.threads)
 
 
 if __name__ == "__main__":
