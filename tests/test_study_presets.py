@@ -4,6 +4,7 @@ study's own model and task settings (what init_from needs); loss=dpo_ipo is loss
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 
@@ -21,9 +22,10 @@ from tests.test_sweeps import _compose_hydra
 STUDIES = {
     "policy_study": ("reverse", {"feedback": ["none", "grpo", "rloo"]},
                      SweepOptions(("test/reward", "train/kl"))),
-    "preference_study": ("reverse_preference", {"loss": ["dpo", "dpo_ipo", "simpo"]},
+    "preference_study": ("reverse_preference",
+                         {"loss": ["dpo", "dpo_ipo", "simpo"], "optimizer.lr": ["1e-5", "5e-5", "5e-4"]},
                          SweepOptions(("test/implicit_accuracy", "test/perplexity"))),
-    "overoptimisation": ("review_writing", {"feedback.beta": ["0", "0.01", "0.05", "0.2"]},
+    "overoptimisation": ("review_writing", {"feedback.beta": ["0", "0.02", "0.1", "0.5"]},
                          SweepOptions(("test/gold_reward", "train/kl"), "overoptimisation")),
 }
 SMALL = ["trainer.num_threads=1"]
@@ -61,12 +63,13 @@ def test_study_preset_plans_its_grid_and_every_cell_builds(preset, tmp_path):
     assert from_config(cfg.hydra.callbacks.rmlab_sweep) == options
     params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
     assert params == {**swept, "seed": ["0", "1", "2"]}
-    assert planned_jobs(cfg) == 3 * len(next(iter(swept.values())))
+    assert planned_jobs(cfg) == 3 * math.prod(len(values) for values in swept.values())
     extra = ([f"reward.init_from={reward_model_checkpoint(tmp_path / 'rm.ckpt', max_length=128, prompt=False)}"]
              if preset == "overoptimisation" else [])
-    (key, values), = swept.items()
-    for value in values:
-        build_components(compose_config(f"sweep={preset}", f"{key}={value}", *extra, *SMALL))
+    for key, values in swept.items():  # every value of each swept key (the others at their first value)
+        others = [f"{k}={v[0]}" for k, v in swept.items() if k != key]
+        for value in values:
+            build_components(compose_config(f"sweep={preset}", f"{key}={value}", *others, *extra, *SMALL))
 
 
 @pytest.mark.parametrize("preset", sorted(STUDIES))
