@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+import subprocess
 
 import pytest
 from omegaconf import OmegaConf
@@ -15,7 +16,7 @@ from rmlab.build import build_components, instantiate
 from rmlab.paths import CONFIG_DIR
 from rmlab.sweep import planned_jobs
 from rmlab.sweep_options import SweepOptions, from_config
-from tests.conftest import compose_config
+from tests.conftest import PYTHON, cli_env, compose_config
 from tests.lm_fixtures import reward_model_checkpoint
 from tests.test_sweeps import _compose_hydra
 
@@ -96,9 +97,14 @@ def test_header_commands_compose_and_the_sft_has_the_studys_model_and_task(prese
         assert rm.loss.name == "bradley_terry"
 
 
-def test_dpo_ipo_is_dpo_with_the_ipo_loss_type():
+def test_dpo_ipo_is_dpo_with_the_ipo_loss_type(tmp_path):
     alias = instantiate("loss", compose_config("task=reverse_preference", "model=causal_lm", "loss=dpo_ipo").loss)
     spelled = instantiate("loss", compose_config("task=reverse_preference", "model=causal_lm", "loss=dpo",
                                                  "loss.loss_type=ipo").loss)
-    assert type(alias) is type(spelled) and alias.loss_type == spelled.loss_type == "ipo"
+    assert isinstance(alias, type(spelled)) and alias.loss_type == spelled.loss_type == "ipo"
     assert (alias.beta, alias.label_smoothing) == (spelled.beta, spelled.label_smoothing)
+    # It has no loss_type to change: setting one is a one-line start-up error naming the keys it has.
+    done = subprocess.run([PYTHON, "-m", "rmlab", "task=reverse_preference", "model=causal_lm", "loss=dpo_ipo",
+                           "loss.loss_type=sigmoid"], capture_output=True, text=True, env=cli_env(), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "rmlab: error: loss.loss_type is not a key of loss (dpo_ipo): valid keys: name, beta"
