@@ -108,3 +108,12 @@ def test_dpo_ipo_is_dpo_with_the_ipo_loss_type(tmp_path):
                            "loss.loss_type=sigmoid"], capture_output=True, text=True, env=cli_env(), cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == "rmlab: error: loss.loss_type is not a key of loss (dpo_ipo): valid keys: name, beta"
+
+
+def test_the_readmes_study_commands_are_the_presets_header_commands():
+    """The README lists each study's commands as the preset headers have them (which the tests above build)."""
+    readme = (CONFIG_DIR.parent / "README.md").read_text()
+    block = readme[readme.index("The three studies start from earlier runs"):readme.index("`init_from` checks that")]
+    listed = [shlex.split(m) for m in re.findall(r"python -m rmlab[^\n]*", block.replace("\\\n", " "))]
+    headers = [command for preset in STUDIES for command in header_commands(preset)]
+    assert len(listed) == 6 and all(command in headers for command in listed), listed
