@@ -231,7 +231,7 @@ class Loop:
                                      "sampled_reward": rewards.mean().item(), "kl": kl.item()})
             if trace:
                 self.trace.append({"completion": completion.clone(), "rewards": rewards.clone(),
-                                   "pg_loss": loss.item(), "kl": kl.item(),
+                                   "pg_loss": loss.item(), "kl": kl.item(), "task_loss": task_loss.item(),
                                    "weights": {n: p.detach().clone() for n, p in model.named_parameters()}})
 
     def evaluate(self, split: str) -> float:
@@ -298,7 +298,7 @@ def instrumented(spans: dict[str, Span], trace: list | None = None):
         out = run_policy_batch(module, *args, **kwargs)
         if trace is not None:
             trace[-1].update(rewards=out.rewards.clone(), pg_loss=float(out.metrics["pg_loss"]),
-                             kl=float(out.metrics["kl"]),
+                             kl=float(out.metrics["kl"]), task_loss=float(out.loss),
                              weights={n: p.detach().clone() for n, p in module.model.named_parameters()})
         return out
 
@@ -346,8 +346,9 @@ def rmlab_run(cfg, store: Path, trace: list | None = None) -> dict:
 # -- the cases --------------------------------------------------------------------------------------------------------
 
 def equivalence(overrides: list[str], store: Path) -> dict:
-    """Two batches on both sides: same completions, rewards, policy loss and weights after each step, both scoring
-    with ``graded`` instead of exact match (so that the updates move the weights)."""
+    """Two batches on both sides: same completions, rewards, policy loss, KL to the reference, cross entropy of the
+    reference completions and weights after each step, both scoring with ``graded`` instead of exact match (so that
+    the updates move the weights)."""
     import torch
 
     from rmlab.rewards.text import ExactMatch
@@ -367,19 +368,23 @@ def equivalence(overrides: list[str], store: Path) -> dict:
     theirs = loop.trace
     assert len(ours) == len(theirs) == batches, (len(ours), len(theirs))
     report = {"case": "equivalence", "batches": batches, "completions": [], "same_completions": True,
-              "same_rewards": True, "pg_loss": [], "kl": [], "max_weight_diff": []}
+              "same_rewards": True, "pg_loss": [], "kl": [], "task_loss": [], "max_weight_diff": []}
     for a, b in zip(ours, theirs):
         report["completions"].append(list(a["completion"].shape))
         report["same_completions"] &= torch.equal(a["completion"], b["completion"])
         report["same_rewards"] &= torch.equal(a["rewards"].cpu().float(), b["rewards"].float())
         report["pg_loss"].append([a["pg_loss"], b["pg_loss"]])
         report["kl"].append([a["kl"], b["kl"]])
+        report["task_loss"].append([a["task_loss"], b["task_loss"]])
         report["max_weight_diff"].append(max(float((a["weights"][n] - b["weights"][n]).abs().max())
                                              for n in b["weights"]))
     # The updates did move the weights (else equal weights would say nothing).
     report["max_weight_change"] = max(float((theirs[-1]["weights"][n] - w).abs().max()) for n, w in initial.items())
     report["ok"] = bool(report["max_weight_change"] > 0 and report["same_completions"] and report["same_rewards"]
-                        and all(abs(x - y) <= 1e-5 * max(1.0, abs(x)) for x, y in report["pg_loss"])
+                        # the reference policy's pass (KL) and the reference completions' cross entropy: the two
+                        # passes without gradient that both sides pay
+                        and all(abs(x - y) <= 1e-5 * max(1.0, abs(x))
+                                for key in ("pg_loss", "kl", "task_loss") for x, y in report[key])
                         and all(d <= 1e-6 for d in report["max_weight_diff"]))
     return report
 

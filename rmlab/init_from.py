@@ -11,6 +11,7 @@
 - a sweep's parent run id: the sweep's finished child run with this run's ``seed`` (one per seed: the way a study
   fine-tunes each seed of a supervised sweep from the same seed's weights); no such child, or several (a sweep that
   varied more than the seed), is an error listing what the sweep holds;
+- a run that a re-run sweep reused (tag ``rmlab.reused_from``) stands for the run it reused, which holds the weights;
 - a run's output folder (it holds ``checkpoints/best.ckpt``);
 - a checkpoint file written by rmlab (``{"state_dict": ..., "model_config": ...}``).
 
@@ -44,6 +45,7 @@ PREFIX = "model."  # the language model / KindHead inside the LightningModule's 
 TAG = "rmlab.init_from"
 OUTPUT_DIR_TAG = "rmlab.output_dir"
 ROLE_TAG = "rmlab.role"  # "parent" on a sweep's parent run
+REUSED_TAG = "rmlab.reused_from"  # on a sweep job that reused a finished run instead of training: that run's id
 PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
@@ -149,6 +151,11 @@ def _read_run(run_id: str, uri: str, where: str, seed: int | None = None) -> Sou
                           f"({_first_line(err)})") from err
     if run.info.lifecycle_stage == "deleted":
         raise ConfigError(f"{where}: the run is deleted in {uri}")
+    original = run.data.tags.get(REUSED_TAG)
+    if original and original != run_id:  # a job a re-run sweep reused: its weights are the original run's
+        found = _read_run(original, uri, where)
+        return Source(f"run {run_id} (reused from run {original})", found.state_dict, found.model_config,
+                      found.task_config, found.spec)
     if run.data.tags.get(ROLE_TAG) == "parent":
         child = _child_with_seed(client, run, seed, where)
         found = _read_run(child.info.run_id, uri, where)
@@ -189,8 +196,9 @@ def _child_with_seed(client, parent, seed: int | None, where: str):
     parent_id = parent.info.run_id
     if seed is None:
         raise ConfigError(f"{where}: the run is a sweep's parent, which holds no weights; give one of its child runs")
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", max_results=50000)
+    from rmlab.tracking import child_runs
+
+    children = child_runs(client, parent_id)
     finished = [c for c in children if c.info.status == "FINISHED"]
     matching = [c for c in finished if c.data.params.get("seed") == str(seed)]
     if len(matching) == 1:

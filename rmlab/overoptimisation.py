@@ -12,11 +12,17 @@ against a reward model, several ``feedback.beta``) gets, on its parent run and i
 - a section of ``summary.md``: per cell the final KL, proxy and gold, the peak gold and the KL at that peak, and one
   computed sentence saying for which cells the proxy kept rising while the gold reward peaked and fell.
 
-Each cell's curve: at every logged step, the mean over the seeds that logged all three metrics at that step; then a
-centred moving average over ``WINDOW`` logged steps (fewer at the ends), applied alike to KL, proxy and gold. "Final"
-is the last smoothed point, "peak" the highest smoothed gold. A change counts (the gold "fell" after its peak, the
-proxy "rose" after the gold's peak) when it exceeds ``CHANGE`` times that curve's own range, so noise that smoothing
-left does not.
+Each cell's curve: at every logged step that every seed of the cell logged (all three metrics), the mean over the
+seeds; then a centred moving average over ``WINDOW`` logged steps (fewer at the ends), applied alike to KL, proxy and
+gold, which the plot draws. "Final" is the last smoothed point, "peak" the highest smoothed gold.
+
+The verdict is a test against the curve's own noise, not a share of its range. sigma, a curve's per-step noise, is the
+standard deviation of its raw means around their moving average (scaled up by 1 / sqrt(1 - 1/WINDOW), what the
+average's own point takes away). A change between two stretches of ``WINDOW`` raw points (the start, the points
+around the gold's peak, the end) counts when it exceeds ``SIGMAS`` standard errors of such a difference,
+sigma * sqrt(2 / WINDOW). A cell is over-optimised when its gold **rose** from the start to the peak, then **fell**
+from the peak to the end, while its proxy **rose** from the gold's peak to the end. A gold reward that only falls
+from the start, or only plateaus, is not called over-optimisation, whatever the noise (tested on simulated curves).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from typing import Any
 KL, PROXY, GOLD = "train/kl_sequence", "train/sampled_reward", "train/gold_reward"
 METRICS = (KL, PROXY, GOLD)
 WINDOW = 5  # logged steps in the centred moving average
-CHANGE = 0.05  # a fall or rise counts when larger than this share of the curve's range
+SIGMAS = 3.0  # a rise or fall counts when larger than this many standard errors of a difference of window means
 
 
 @dataclass
@@ -68,12 +74,20 @@ class Outcome:
     final_gold: float
     peak_gold: float
     kl_at_peak: float
-    gold_fell: bool  # the smoothed gold ended below its peak by more than CHANGE of its range
-    proxy_rose: bool  # the smoothed proxy ended above its value at the gold's peak by more than CHANGE of its range
+    gold_rose: bool  # the gold around its peak is above its start, beyond noise
+    gold_fell: bool  # the gold at the end is below its peak, beyond noise
+    proxy_rose: bool  # the proxy at the end is above its value around the gold's peak, beyond noise
 
     @property
     def overoptimised(self) -> bool:
-        return self.gold_fell and self.proxy_rose
+        return self.gold_rose and self.gold_fell and self.proxy_rose
+
+    def why_not(self) -> str:
+        if not self.gold_rose:
+            return "the gold reward did not rise from its start: no peak to fall from"
+        if not self.gold_fell:
+            return "the gold reward did not fall after its peak"
+        return "the proxy did not rise after the gold reward's peak"
 
 
 def smooth(values: Sequence[float], window: int = WINDOW) -> list[float]:
@@ -90,15 +104,12 @@ def build_curves(children: Sequence[ChildSeries], window: int = WINDOW) -> list[
         groups.setdefault(tuple(child.values.items()), []).append(child)
     curves = []
     for members in groups.values():
-        points: dict[int, list[tuple[float, float, float]]] = {}
-        for child in members:
-            common = set.intersection(*(set(child.series.get(m, {})) for m in METRICS))
-            for step in common:
-                points.setdefault(step, []).append(tuple(child.series[m][step] for m in METRICS))
-        steps = sorted(points)
+        # Steps every seed logged (all three metrics): a mean over a changing set of seeds would jump where one is
+        # missing.
+        steps = sorted(set.intersection(*(set(child.series.get(m, {})) for child in members for m in METRICS)))
         if not steps:
             continue
-        means = [[math.fsum(p[i] for p in points[s]) / len(points[s]) for s in steps] for i in range(3)]
+        means = [[math.fsum(child.series[m][s] for child in members) / len(members) for s in steps] for m in METRICS]
         curves.append(Curve(dict(members[0].values), len(members), steps, *means, window=window))
     keys = list(curves[0].values) if curves else []
     if len(keys) == 1 and all(_number(c.values[keys[0]]) is not None for c in curves):
@@ -113,16 +124,35 @@ def _number(text: str) -> float | None:
         return None
 
 
-def _range(values: Sequence[float]) -> float:
-    return max(values) - min(values)
+def noise(raw: Sequence[float], window: int = WINDOW) -> float:
+    """A curve's per-step noise: the standard deviation of its points around their moving average, scaled up by
+    1 / sqrt(1 - 1/window) (each average holds its own point, which pulls it towards the point)."""
+    if len(raw) < 2:
+        return math.inf
+    residuals = [r - m for r, m in zip(raw, smooth(raw, window))]
+    return math.sqrt(math.fsum(r * r for r in residuals) / (len(raw) - 1) / max(1 - 1 / max(window, 2), 1e-9))
+
+
+def _mean(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values)
 
 
 def outcome(curve: Curve) -> Outcome:
     kl, proxy, gold = (curve.smoothed(n) for n in ("kl", "proxy", "gold"))
     peak = max(range(len(gold)), key=gold.__getitem__)  # the first highest point
+    w, half = curve.window, curve.window // 2
+    start, around, end = slice(0, w), slice(max(0, peak - half), peak + half + 1), slice(-w, None)
+    gold_se = noise(curve.gold, w) * math.sqrt(2 / w)
+    proxy_se = noise(curve.proxy, w) * math.sqrt(2 / w)
+    at_peak = _mean(curve.gold[around])
+    # A stretch compares with another only where they do not overlap: a peak among the first points has nothing
+    # to rise from, one among the last nothing to fall to.
+    after_start, before_end = peak - half >= w, peak + half < len(gold) - w
     return Outcome(final_kl=kl[-1], final_proxy=proxy[-1], final_gold=gold[-1], peak_gold=gold[peak],
-                   kl_at_peak=kl[peak], gold_fell=gold[peak] - gold[-1] > CHANGE * _range(gold) > 0,
-                   proxy_rose=proxy[-1] - proxy[peak] > CHANGE * _range(proxy) > 0)
+                   kl_at_peak=kl[peak],
+                   gold_rose=after_start and at_peak - _mean(curve.gold[start]) > SIGMAS * gold_se,
+                   gold_fell=before_end and at_peak - _mean(curve.gold[end]) > SIGMAS * gold_se,
+                   proxy_rose=before_end and _mean(curve.proxy[end]) - _mean(curve.proxy[around]) > SIGMAS * proxy_se)
 
 
 def verdict(curves: Sequence[Curve]) -> str:
@@ -136,9 +166,7 @@ def verdict(curves: Sequence[Curve]) -> str:
         if found.overoptimised:
             yes.append(curve.label())
         else:
-            why = "the gold reward did not fall after its peak" if not found.gold_fell else \
-                "the proxy did not rise after the gold reward's peak"
-            no.append(f"{curve.label()} ({why})")
+            no.append(f"{curve.label()} ({found.why_not()})")
     parts = []
     if yes:
         parts.append(f"the proxy reward kept rising while the gold reward peaked and fell for {', '.join(yes)}")

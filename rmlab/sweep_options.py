@@ -23,7 +23,7 @@ PREFIX = "hydra.callbacks.rmlab_sweep"
 KEYS = ("metrics", "plot")
 PLOTS = ("overoptimisation",)
 STAGES = ("train", "val", "test")
-_METRIC = re.compile(r"(train|val|test)/[A-Za-z0-9_][A-Za-z0-9_./-]*")
+_METRIC = re.compile(rf"({'|'.join(STAGES)})/[A-Za-z0-9_][A-Za-z0-9_./-]*")
 _METRIC_FORMS = "train/<name>, val/<name> or test/<name> (e.g. [test/gold_reward, train/kl])"
 
 

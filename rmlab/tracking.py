@@ -432,23 +432,27 @@ class Tracker:
         return self.client.get_run(run_id or self.run_id)
 
     def children(self, run_id: str | None = None) -> list:
-        """Every child run of ``run_id`` (default: this run), in every experiment (a sweep may vary
-        ``experiment``), oldest job first."""
-        parent = run_id or self.run_id
-        ids = [e.experiment_id for e in self.client.search_experiments()]
-        runs, token = [], None
-        while True:
-            page = self.client.search_runs(ids, filter_string=f"tags.mlflow.parentRunId = '{parent}'",
-                                           max_results=1000, page_token=token)
-            runs += list(page)
-            token = page.token
-            if not token:
-                break
-        return sorted(runs, key=lambda r: (int(r.data.tags.get("rmlab.job_num", 0)), r.info.start_time))
+        """Every child run of ``run_id`` (default: this run): ``child_runs``."""
+        return child_runs(self.client, run_id or self.run_id)
 
     def delete(self) -> None:
         """Delete this run (a sweep parent that no job ever used)."""
         self.client.delete_run(self.run_id)
+
+
+def child_runs(client: Any, parent: str) -> list:
+    """Every child run of ``parent`` in every experiment (a sweep may vary ``experiment``), page by page, oldest job
+    first."""
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs, token = [], None
+    while True:
+        page = client.search_runs(ids, filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=1000,
+                                  page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            break
+    return sorted(runs, key=lambda r: (int(r.data.tags.get("rmlab.job_num", 0)), r.info.start_time))
 
 
 def _transient(err: BaseException) -> bool:

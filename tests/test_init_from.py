@@ -175,6 +175,10 @@ def test_a_sweep_parent_gives_each_seed_its_own_childs_weights(workdir):
     parent = client.create_run(experiment, tags={"rmlab.role": "parent"}).info.run_id
     for child in children.values():
         client.set_tag(child, "mlflow.parentRunId", parent)
+    # A FAILED job of seed 1 (a first try) beside the finished one is not a candidate.
+    failed = client.create_run(experiment, tags={"mlflow.parentRunId": parent}).info.run_id
+    client.log_param(failed, "seed", "1")
+    client.set_terminated(failed, "FAILED")
     for seed, child in children.items():
         parts = build_components(compose_config(*TABULAR, f"init_from={parent}", f"seed={seed}"))
         expected = model_weights(checkpoint_of(child, workdir))
@@ -183,10 +187,22 @@ def test_a_sweep_parent_gives_each_seed_its_own_childs_weights(workdir):
     with pytest.raises(ConfigError, match=rf"init_from={parent}: the sweep \(parent run\) has no finished child run "
                                           r"with seed=5 \(finished children's seeds: 0, 1\)"):
         build_components(compose_config(*TABULAR, f"init_from={parent}", "seed=5"))
+    # A re-run sweep whose job reused a finished run: the copy holds no weights, the run it reused does.
+    rerun = client.create_run(experiment, tags={"rmlab.role": "parent"}).info.run_id
+    copy = client.create_run(experiment, tags={"mlflow.parentRunId": rerun,
+                                               "rmlab.reused_from": children[1]}).info.run_id
+    client.log_param(copy, "seed", "1")
+    client.set_terminated(copy, "FINISHED")
+    parts = build_components(compose_config(*TABULAR, f"init_from={rerun}", "seed=1"))
+    expected = model_weights(checkpoint_of(children[1], workdir))
+    assert all(torch.equal(parts.model.state_dict()[k], v) for k, v in expected.items())
+    assert parts.init_from == f"run {copy} (seed 1 of sweep {rerun})"
     # A sweep that varied more than the seed: two children with seed 0 is ambiguous.
     other = train(compose_config(*TABULAR, "logger.log_checkpoint=true", "optimizer.lr=0.01"))["run_id"]
     client.set_tag(other, "mlflow.parentRunId", parent)
-    with pytest.raises(ConfigError, match=r"has 2 finished child runs with seed=0 .*give one child's run id"):
+    client.set_tag(other, "rmlab.overrides", "optimizer.lr=0.01 seed=0")
+    with pytest.raises(ConfigError, match=r"has 2 finished child runs with seed=0 \(.*optimizer.lr=0.01 seed=0.*\)"
+                                          r": it varied more than the seed; give one child's run id"):
         build_components(compose_config(*TABULAR, f"init_from={parent}"))
     # A parent is no reward model either (the reward's lookup has no seed to pick a child by).
     from rmlab.init_from import resolve

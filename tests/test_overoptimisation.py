@@ -33,23 +33,27 @@ def child(beta: str, seed: int, kl, proxy, gold, skip: tuple[int, ...] = ()) -> 
     return ChildSeries({"feedback.beta": beta}, series)
 
 
-# beta=0: the proxy keeps rising while the gold peaks at step 8 and falls (over-optimised); beta=0.05: the gold
+# beta=0: the proxy keeps rising while the gold peaks at step 10 and falls (over-optimised); beta=0.05: the gold
 # peaks and falls but the proxy falls too; beta=0.5: the gold only rises. Seed 1 lacks steps 3 and 4 of beta=0.
 CHILDREN = [
     child("0.5", 0, lambda s, k: 0.01 * s, lambda s, k: 0.02 * s + k, lambda s, k: 0.01 * s),
-    child("0", 0, lambda s, k: 0.3 * s, lambda s, k: 0.05 * s, lambda s, k: -((s - 8) ** 2) / 50),
-    child("0", 1, lambda s, k: 0.3 * s + 0.1, lambda s, k: 0.05 * s + 0.1, lambda s, k: -((s - 8) ** 2) / 50 + 0.2,
+    child("0", 0, lambda s, k: 0.3 * s, lambda s, k: 0.05 * s, lambda s, k: -((s - 10) ** 2) / 50),
+    child("0", 1, lambda s, k: 0.3 * s + 0.1, lambda s, k: 0.05 * s + 0.1, lambda s, k: -((s - 10) ** 2) / 50 + 0.2,
           skip=(3, 4)),
-    child("0.05", 0, lambda s, k: 0.1 * s, lambda s, k: -0.01 * (s - 10) ** 2, lambda s, k: -((s - 8) ** 2) / 50),
+    child("0.05", 0, lambda s, k: 0.1 * s, lambda s, k: -0.01 * (s - 10) ** 2, lambda s, k: -((s - 10) ** 2) / 50),
     child("0.5", 1, lambda s, k: 0.01 * s, lambda s, k: 0.02 * s + k, lambda s, k: 0.01 * s),
 ]
 
 
 def reference(children: list[ChildSeries]) -> dict[str, pd.DataFrame]:
-    """Per beta: seed mean per step, then a centred rolling mean of 5 (min 1 point), computed by pandas."""
+    """Per beta: seed mean per step over the steps every seed logged, then a centred rolling mean of 5 (min 1
+    point), computed by pandas."""
     rows = [{"beta": c.values["feedback.beta"], "step": s, **{m: c.series[m][s] for m in oo.METRICS}}
             for c in children for s in c.series[oo.KL]]
-    frame = pd.DataFrame(rows).groupby(["beta", "step"]).mean().reset_index()
+    frame = pd.DataFrame(rows)
+    seeds = frame.groupby("beta")["step"].transform(lambda steps: steps.value_counts().max())
+    logged = frame.groupby(["beta", "step"])["step"].transform("count")
+    frame = frame[logged == seeds].groupby(["beta", "step"]).mean().reset_index()
     out = {}
     for beta, group in frame.groupby("beta"):
         group = group.sort_values("step").reset_index(drop=True)
@@ -70,11 +74,12 @@ def test_curves_table_and_verdict_match_an_independent_computation(tmp_path):
         for name, metric in (("kl", oo.KL), ("proxy", oo.PROXY), ("gold", oo.GOLD)):
             np.testing.assert_allclose(getattr(curve, name), expected[metric], rtol=1e-12)
             np.testing.assert_allclose(curve.smoothed(name), expected[metric + "_s"], rtol=1e-12)
-    assert curves[0].kl[3] == pytest.approx(0.9)  # step 3: only seed 0 logged it
+    assert 3 not in curves[0].steps and 4 not in curves[0].steps  # only seed 0 logged them: left out
 
     outcomes = [oo.outcome(c) for c in curves]
     assert [o.overoptimised for o in outcomes] == [True, False, False]
-    assert [(o.gold_fell, o.proxy_rose) for o in outcomes] == [(True, True), (True, False), (False, False)]
+    assert [(o.gold_rose, o.gold_fell, o.proxy_rose) for o in outcomes] == [
+        (True, True, True), (True, True, False), (True, False, False)]
     zero = ref["0"]
     peak = zero[oo.GOLD + "_s"].idxmax()
     assert outcomes[0].peak_gold == pytest.approx(zero[oo.GOLD + "_s"][peak])
@@ -88,14 +93,14 @@ def test_curves_table_and_verdict_match_an_independent_computation(tmp_path):
     lines = oo.table(curves).splitlines()
     assert lines[0] == ("| feedback.beta | seeds | steps | final KL | final proxy | final gold | peak gold | "
                         "KL at peak gold | over-optimised |")
-    assert lines[2] == (f"| 0 | 2 | 20 | {outcomes[0].final_kl:.3f} | {outcomes[0].final_proxy:.3f} | "
+    assert lines[2] == (f"| 0 | 2 | 18 | {outcomes[0].final_kl:.3f} | {outcomes[0].final_proxy:.3f} | "
                         f"{outcomes[0].final_gold:.3f} | {outcomes[0].peak_gold:.3f} | {outcomes[0].kl_at_peak:.3f} "
                         "| yes |")
 
     oo.write_csv(curves, tmp_path / "o.csv")
     rows = read_csv(tmp_path / "o.csv")
-    assert len(rows) == 60 and rows[0]["feedback.beta"] == "0" and rows[0]["seeds"] == "2"
-    assert [float(r["sqrt_kl_smoothed"]) for r in rows[:20]] == pytest.approx(np.sqrt(zero[oo.KL + "_s"]))
+    assert len(rows) == 58 and rows[0]["feedback.beta"] == "0" and rows[0]["seeds"] == "2"
+    assert [float(r["sqrt_kl_smoothed"]) for r in rows[:18]] == pytest.approx(np.sqrt(zero[oo.KL + "_s"]))
 
     fig = oo.figure(curves, "title")
     gold_ax, proxy_ax = fig.axes
@@ -106,6 +111,36 @@ def test_curves_table_and_verdict_match_an_independent_computation(tmp_path):
     proxy_lines = [line for line in proxy_ax.get_lines() if line.get_linestyle() == "-"]
     np.testing.assert_allclose(proxy_lines[0].get_ydata(), zero[oo.PROXY + "_s"])
     assert "sqrt(KL" in gold_ax.get_xlabel() and oo.GOLD in gold_ax.get_ylabel()
+
+
+def noisy_cell(shape, sd: float, seed: int, steps: int = 120, seeds: int = 3) -> oo.Curve:
+    """A cell of ``seeds`` runs whose KL and proxy rise steadily and whose gold follows ``shape`` (of x in [0, 1)),
+    each point with Gaussian noise of ``sd``."""
+    rng = np.random.default_rng(seed)
+    x = np.arange(steps) / steps
+    children = []
+    for _ in range(seeds):
+        curves = (5 * x, x, shape(x))
+        series = {m: dict(enumerate((c + rng.normal(0, sd, steps)).tolist())) for m, c in zip(oo.METRICS, curves)}
+        children.append(ChildSeries({"b": "0"}, series))
+    return oo.build_curves(children)[0]
+
+
+@pytest.mark.parametrize("shape", [lambda x: 1 - np.exp(-5 * x), lambda x: 0 * x, lambda x: -x],
+                         ids=["plateau", "flat", "falling"])
+def test_noise_alone_is_not_called_over_optimisation(shape):
+    """A gold reward that rises to a plateau, stays flat or only falls, under noise, while the proxy rises: the
+    verdict says no (the highest point of a noisy curve is no peak to fall from)."""
+    calls = [oo.outcome(noisy_cell(shape, sd, seed)).overoptimised for sd in (0.1, 0.3, 0.6) for seed in range(30)]
+    assert sum(calls) <= 1, f"{sum(calls)} of {len(calls)} noisy cells called over-optimised"
+
+
+def test_a_noisy_peak_is_found():
+    found = [oo.outcome(noisy_cell(lambda x: 4 * x * (1 - x), 0.1, seed)) for seed in range(20)]
+    assert all(o.overoptimised for o in found)
+    assert all(0.35 < o.kl_at_peak / 5 < 0.65 for o in found)  # the peak of 4x(1-x) is at x = 0.5, KL = 2.5
+    drop = oo.outcome(noisy_cell(lambda x: -x, 0.1, 0))
+    assert drop.why_not() == "the gold reward did not rise from its start: no peak to fall from"
 
 
 def test_negative_kl_counts_as_zero_and_no_data_says_so():

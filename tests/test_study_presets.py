@@ -4,8 +4,10 @@ study's own model and task settings (what init_from needs); loss=dpo_ipo is loss
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
+import subprocess
 
 import pytest
 from omegaconf import OmegaConf
@@ -14,16 +16,17 @@ from rmlab.build import build_components, instantiate
 from rmlab.paths import CONFIG_DIR
 from rmlab.sweep import planned_jobs
 from rmlab.sweep_options import SweepOptions, from_config
-from tests.conftest import compose_config
+from tests.conftest import PYTHON, cli_env, compose_config
 from tests.lm_fixtures import reward_model_checkpoint
 from tests.test_sweeps import _compose_hydra
 
 STUDIES = {
     "policy_study": ("reverse", {"feedback": ["none", "grpo", "rloo"]},
                      SweepOptions(("test/reward", "train/kl"))),
-    "preference_study": ("reverse_preference", {"loss": ["dpo", "dpo_ipo", "simpo"]},
+    "preference_study": ("reverse_preference",
+                         {"loss": ["dpo", "dpo_ipo", "simpo"], "optimizer.lr": ["1e-5", "5e-5", "5e-4"]},
                          SweepOptions(("test/implicit_accuracy", "test/perplexity"))),
-    "overoptimisation": ("review_writing", {"feedback.beta": ["0", "0.01", "0.05", "0.2"]},
+    "overoptimisation": ("review_writing", {"feedback.beta": ["0", "0.02", "0.1", "0.5"]},
                          SweepOptions(("test/gold_reward", "train/kl"), "overoptimisation")),
 }
 SMALL = ["trainer.num_threads=1"]
@@ -61,12 +64,13 @@ def test_study_preset_plans_its_grid_and_every_cell_builds(preset, tmp_path):
     assert from_config(cfg.hydra.callbacks.rmlab_sweep) == options
     params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
     assert params == {**swept, "seed": ["0", "1", "2"]}
-    assert planned_jobs(cfg) == 3 * len(next(iter(swept.values())))
+    assert planned_jobs(cfg) == 3 * math.prod(len(values) for values in swept.values())
     extra = ([f"reward.init_from={reward_model_checkpoint(tmp_path / 'rm.ckpt', max_length=128, prompt=False)}"]
              if preset == "overoptimisation" else [])
-    (key, values), = swept.items()
-    for value in values:
-        build_components(compose_config(f"sweep={preset}", f"{key}={value}", *extra, *SMALL))
+    for key, values in swept.items():  # every value of each swept key (the others at their first value)
+        others = [f"{k}={v[0]}" for k, v in swept.items() if k != key]
+        for value in values:
+            build_components(compose_config(f"sweep={preset}", f"{key}={value}", *others, *extra, *SMALL))
 
 
 @pytest.mark.parametrize("preset", sorted(STUDIES))
@@ -93,9 +97,23 @@ def test_header_commands_compose_and_the_sft_has_the_studys_model_and_task(prese
         assert rm.loss.name == "bradley_terry"
 
 
-def test_dpo_ipo_is_dpo_with_the_ipo_loss_type():
+def test_dpo_ipo_is_dpo_with_the_ipo_loss_type(tmp_path):
     alias = instantiate("loss", compose_config("task=reverse_preference", "model=causal_lm", "loss=dpo_ipo").loss)
     spelled = instantiate("loss", compose_config("task=reverse_preference", "model=causal_lm", "loss=dpo",
                                                  "loss.loss_type=ipo").loss)
-    assert type(alias) is type(spelled) and alias.loss_type == spelled.loss_type == "ipo"
+    assert isinstance(alias, type(spelled)) and alias.loss_type == spelled.loss_type == "ipo"
     assert (alias.beta, alias.label_smoothing) == (spelled.beta, spelled.label_smoothing)
+    # It has no loss_type to change: setting one is a one-line start-up error naming the keys it has.
+    done = subprocess.run([PYTHON, "-m", "rmlab", "task=reverse_preference", "model=causal_lm", "loss=dpo_ipo",
+                           "loss.loss_type=sigmoid"], capture_output=True, text=True, env=cli_env(), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "rmlab: error: loss.loss_type is not a key of loss (dpo_ipo): valid keys: name, beta"
+
+
+def test_the_readmes_study_commands_are_the_presets_header_commands():
+    """The README lists each study's commands as the preset headers have them (which the tests above build)."""
+    readme = (CONFIG_DIR.parent / "README.md").read_text()
+    block = readme[readme.index("The three studies start from earlier runs"):readme.index("`init_from` checks that")]
+    listed = [shlex.split(m) for m in re.findall(r"python -m rmlab[^\n]*", block.replace("\\\n", " "))]
+    headers = [command for preset in STUDIES for command in header_commands(preset)]
+    assert len(listed) == 6 and all(command in headers for command in listed), listed

@@ -9,14 +9,14 @@ Classification (``classification.py``), accept ``logits`` and, token-wise over t
 Pairwise (``pairwise.py``), accept ``pair`` (functions of the score difference chosen - rejected):
     BradleyTerry (bradley_terry), MarginRanking (hinge), LogExp (log_exp), IPO (ipo)
 Preference optimisation of a language model (``preference_lm.py``), accept ``sequence_pair``:
-    DPO (dpo; loss_type sigmoid | ipo | hinge), SimPO (simpo), ORPO (orpo)
+    DPO (dpo; loss_type sigmoid | ipo | hinge), DPOIPO (dpo_ipo: DPO's ipo form), SimPO (simpo), ORPO (orpo)
 """
 
 from rmlab.losses.base import Loss
 from rmlab.losses.classification import GCE, NCERCE, SCE, CrossEntropy, Focal
 from rmlab.losses.pairwise import IPO, BradleyTerry, LogExp, MarginRanking
 from rmlab.losses.pointwise import MAE, MSE, Huber, LogCosh, PointwiseLoss, SmoothL1
-from rmlab.losses.preference_lm import DPO, ORPO, SimPO
+from rmlab.losses.preference_lm import DPO, DPOIPO, ORPO, SimPO
 
 __all__ = [
     "Loss",
@@ -36,6 +36,7 @@ __all__ = [
     "LogExp",
     "IPO",
     "DPO",
+    "DPOIPO",
     "SimPO",
     "ORPO",
 ]

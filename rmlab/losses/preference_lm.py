@@ -149,6 +149,16 @@ class DPO(PreferenceLoss):
         return self.beta * torch.stack([policy.chosen - ref.chosen, policy.rejected - ref.rejected], dim=1)
 
 
+class DPOIPO(DPO):
+    """DPO's ``ipo`` form as a loss of its own (``loss=dpo_ipo``), so that one sweep can list it beside ``dpo`` and
+    ``simpo``; it has no ``loss_type`` to set (an override of one is an unknown key)."""
+
+    name: ClassVar[str] = "dpo_ipo"
+
+    def __init__(self, beta: float = 0.1) -> None:
+        super().__init__(beta=beta, loss_type="ipo")
+
+
 class SimPO(PreferenceLoss):
     """Simple Preference Optimization: reference-free, length-normalised, with a target margin ``gamma``."""
 
