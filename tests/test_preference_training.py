@@ -228,9 +228,9 @@ def test_pairs_tokenise_to_chosen_then_rejected_rows_and_batches_cover_every_pai
     (["task=reverse", "model=causal_lm", "reward=exact_match", "loss=simpo"],
      r"Choices of loss that work on task=reverse: cross_entropy, .* train on preference pairs \(task=reverse_pref"),
     ([*TINY, "loss=cross_entropy"], r"loss=cross_entropy does not work on task=reverse_preference: .* Choices of loss "
-                                    r"that work on task=reverse_preference: dpo, orpo, simpo"),
-    ([*TINY, "loss=ipo"], r"Choices of loss that work on task=reverse_preference: dpo, orpo, simpo \(IPO on a "
-                          r"language model's preference pairs is loss=dpo loss.loss_type=ipo\)"),
+                                    r"that work on task=reverse_preference: dpo, dpo_ipo, orpo, simpo"),
+    ([*TINY, "loss=ipo"], r"Choices of loss that work on task=reverse_preference: dpo, dpo_ipo, orpo, simpo \(IPO on "
+                          r"a language model's preference pairs is loss=dpo_ipo \(or loss=dpo loss.loss_type=ipo\)\)"),
     ([*TINY, "loss=hinge"], r"is loss=dpo loss.loss_type=hinge"),
     ([*TINY, "loss=dpo", "reward=neg_mse"],
      r"reward=neg_mse does not work on task=reverse_preference: .* Choices of reward that work on "

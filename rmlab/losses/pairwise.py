@@ -108,7 +108,7 @@ class IPO(PairwiseLoss):
     pushing it to infinity, so it does not overfit deterministic preferences. Smaller ``beta``: larger target gap."""
 
     kind_hints: ClassVar[dict[str, str]] = {
-        SEQUENCE_PAIR: "IPO on a language model's preference pairs is loss=dpo loss.loss_type=ipo"}
+        SEQUENCE_PAIR: "IPO on a language model's preference pairs is loss=dpo_ipo (or loss=dpo loss.loss_type=ipo)"}
 
     def __init__(self, beta: float = 0.1) -> None:
         super().__init__()
