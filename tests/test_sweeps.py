@@ -106,7 +106,12 @@ def interrupted(cwd: Path) -> Sweep:
         if client.search_runs(ids, "tags.`rmlab.job_num` = '0' and attributes.status = 'RUNNING'"):
             break
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    try:  # generous: on a loaded 2-core machine closing the job and the parent can take a while
+        out, _ = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"the sweep did not end within 180 s of Ctrl-C; its output:\n{out}") from None
     return Sweep(cwd, cwd / "sweep", proc.returncode, out, time.perf_counter() - start)
 
 
