@@ -18,30 +18,48 @@ from rmlab.rewards.text import TextReward
 from rmlab.sequence import TextExample, Verifier
 
 
-class TaskVerifier(TextReward):
-    """The task's verifier on each completion: whether the answer is right (``addition`` checks the sum numerically,
-    ``summarisation`` gives the share of key facts mentioned, ``reasoning_gym`` uses the dataset's ``score_answer``).
-    A verifier checks the true answer, so on a split whose completions were corrupted it still scores against the
-    clean one, unlike the rewards that compare with the reference text.
+class _TaskFunctionReward(TextReward):
+    """Scores each completion with a function the task provides (``TaskInfo.<field>``), bound by ``check_task`` (the
+    run calls it once at start-up, before any ``score``); a task without one is refused there."""
 
-    ``check_task`` binds the task's verifier (the run calls it once at start-up, before any ``score``)."""
-
-    default_name = "verifier"
+    field: str  # the TaskInfo attribute holding the function
+    needs: str  # what the refusal says the reward needs
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__(name)
-        self._verifier: Verifier | None = None
+        self._function: Verifier | None = None
 
     def check_task(self, info: TaskInfo) -> None:
-        if info.verifier is None:
-            raise self._refuse(info, "a task with its own answer checker (a verifier)")
-        self._verifier = info.verifier
+        function = getattr(info, self.field)
+        if function is None:
+            raise self._refuse(info, self.needs)
+        self._function = function
 
     def score(self, completions: Sequence[str], examples: Sequence[TextExample]) -> torch.Tensor:
         self._check_batch(completions, examples)
-        if self._verifier is None:
-            raise RuntimeError(f"reward {self.name!r} scores with the task's verifier: call check_task(info) first")
-        return torch.tensor([self._verifier(c, e) for c, e in zip(completions, examples)], dtype=torch.float32)
+        if self._function is None:
+            raise RuntimeError(f"reward {self.name!r} scores with the task's {self.field}: call check_task(info) first")
+        return torch.tensor([self._function(c, e) for c, e in zip(completions, examples)], dtype=torch.float32)
+
+
+class TaskVerifier(_TaskFunctionReward):
+    """The task's verifier on each completion: whether the answer is right (``addition`` checks the sum numerically,
+    ``summarisation`` gives the share of key facts mentioned, ``reasoning_gym`` uses the dataset's ``score_answer``).
+    A verifier checks the true answer, so on a split whose completions were corrupted it still scores against the
+    clean one, unlike the rewards that compare with the reference text."""
+
+    default_name = "verifier"
+    field = "verifier"
+    needs = "a task with its own answer checker (a verifier)"
+
+
+class GoldReward(_TaskFunctionReward):
+    """The task's hidden true reward on each completion (``review_writing``'s gold function): what a learned reward
+    model is a proxy for. Its range is the task's (not [0, 1])."""
+
+    default_name = "gold"
+    field = "gold"
+    needs = "a task with a hidden true reward (a gold function)"
 
 
 class LabelAccuracy(TextReward):
@@ -56,28 +74,3 @@ class LabelAccuracy(TextReward):
 
     def _score(self, completion: str, reference: str) -> float:
         return float(completion.strip() == reference)
-
-
-class GoldReward(TextReward):
-    """The task's hidden true reward on each completion (``review_writing``'s gold function): what a learned reward
-    model is a proxy for. Its range is the task's (not [0, 1]).
-
-    ``check_task`` binds the task's gold function (the run calls it once at start-up, before any ``score``)."""
-
-    default_name = "gold"
-
-    def __init__(self, name: str | None = None) -> None:
-        super().__init__(name)
-        self._gold: Verifier | None = None
-
-    def check_task(self, info: TaskInfo) -> None:
-        if info.gold is None:
-            raise self._refuse(info, "a task with a hidden true reward (a gold function)")
-        self._gold = info.gold
-
-    def score(self, completions: Sequence[str], examples: Sequence[TextExample]) -> torch.Tensor:
-        self._check_batch(completions, examples)
-        if self._gold is None:
-            raise RuntimeError(f"reward {self.name!r} scores with the task's gold function: call check_task(info) "
-                               "first")
-        return torch.tensor([self._gold(c, e) for c, e in zip(completions, examples)], dtype=torch.float32)
