@@ -177,8 +177,7 @@ def _open_parent(config: DictConfig, options: SweepOptions) -> ParentRun:
     params.update({f"sweep.launcher.{k}": v for k, v in (config.hydra.launcher or {}).items()
                    if k in ("n_jobs", "partition", "gpus_per_node", "timeout_min", "cpus_per_task")})
     parent = ParentRun(uri, experiment, sweep_dir, run_name,
-                       SweepReport(sweep_dir, run_name, optuna=optuna, fixed=fixed, metrics=list(options.metrics),
-                                   plot=options.plot),
+                       SweepReport(sweep_dir, run_name, optuna=optuna, fixed=fixed, options=options),
                        planned_jobs=_planned_or_none(config) if sweeper == "basic" else None)
     parent.open(tags, params)
     return parent

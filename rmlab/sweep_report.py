@@ -15,6 +15,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from rmlab.sweep_options import SweepOptions
+
 log = logging.getLogger("rmlab")
 
 
@@ -24,8 +26,7 @@ class SweepReport:
     run_name: str
     optuna: dict[str, Any] | None = None  # objective and direction of an rmlab_optuna sweep
     fixed: list[str] = field(default_factory=list)  # keys the sweep sets to one value: never a summary column
-    metrics: list[str] = field(default_factory=list)  # extra columns the preset asked for (rmlab.sweep_options)
-    plot: str | None = None  # an extra figure the preset asked for: overoptimisation
+    options: SweepOptions = field(default_factory=SweepOptions)  # the preset's extra columns and figure
 
     def __call__(self, tracker: Any, children: list, status_of: dict[str, str], notes: list[str]) -> int:
         """Write summary.{csv,md,png} to the sweep dir and the parent, log the best cell; return the failure count.
@@ -36,9 +37,9 @@ class SweepReport:
         trials = self.optuna is not None
         objective = self.optuna["objective"] if trials else summary.SELECTION_METRIC
         maximize = self.optuna["maximize"] if trials else True
-        metrics = list(dict.fromkeys([*summary.METRICS, objective, *self.metrics]))
+        metrics = list(dict.fromkeys([*summary.METRICS, objective, *self.options.metrics]))
         records = [_job_record(run, status_of[run.info.run_id]) for run in children]
-        notes = notes + summary.missing_metrics(records, self.metrics)
+        notes = notes + summary.missing_metrics(records, self.options.metrics)
         searched = [k for r in records for k in r.overrides if k not in self.fixed] if trials else []
         keys, cells = summary.build_cells(records, metrics, trials=trials, searched=searched)
         if trials:
@@ -73,7 +74,7 @@ class SweepReport:
             lines.append(f"Study {study.study_name!r} best: trial {study.best_trial}, {objective} "
                          f"{study.best_value}")
         files = {name: self.sweep_dir / name for name in ("summary.csv", "summary.md", "summary.png")}
-        if self.plot == "overoptimisation":
+        if self.options.plot == "overoptimisation":
             from rmlab.overoptimisation import report
 
             try:
