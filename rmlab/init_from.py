@@ -78,8 +78,31 @@ def resolve(value: str, tracking_uri: str | None, seed: int | None = None) -> So
         return _from_path(path, value)
     if RUN_ID.match(value):
         return _from_run(value, tracking_uri, seed)
-    raise ConfigError(f"init_from={value}: no such file or folder, and not an MLflow run id (32 hex digits); give a "
-                      f"run id, a run's output folder (with {CHECKPOINT}) or a checkpoint file")
+    raise _not_a_source(value)
+
+
+def check_source(value: str, tracking_uri: str | None) -> None:
+    """What a sweep checks once, before any job starts: that ``value`` is a file or folder, or a run in the store
+    (for a sweep's parent, one with a finished child); ConfigError otherwise. Each job then reads the weights."""
+    if Path(value).expanduser().exists():
+        return
+    if not RUN_ID.match(value):
+        raise _not_a_source(value)
+    from mlflow.tracking import MlflowClient
+
+    uri, where = _store(value, tracking_uri), f"init_from={value}"
+    client = MlflowClient(tracking_uri=uri)
+    run = _get_run(client, value, uri, where)
+    if run.data.tags.get(ROLE_TAG) == "parent":
+        from rmlab.tracking import child_runs
+
+        if not any(child.info.status == "FINISHED" for child in child_runs(client, value)):
+            raise ConfigError(f"{where}: the sweep (parent run) has no finished child run to start from")
+
+
+def _not_a_source(value: str) -> ConfigError:
+    return ConfigError(f"init_from={value}: no such file or folder, and not an MLflow run id (32 hex digits); give a "
+                       f"run id, a run's output folder (with {CHECKPOINT}) or a checkpoint file")
 
 
 def _from_path(path: Path, value: str) -> Source:
@@ -113,16 +136,22 @@ def _hydra_model_config(file: Path) -> dict[str, Any] | None:
 
 
 def _from_run(run_id: str, tracking_uri: str | None, seed: int | None = None) -> Source:
+    uri = _store(run_id, tracking_uri)
+    with _quiet_downloads():
+        return _read_run(run_id, uri, f"init_from={run_id}", seed)
+
+
+def _store(run_id: str, tracking_uri: str | None) -> str:
+    """The URI of the store to look ``run_id`` up in; ConfigError if it is a sqlite file that does not exist."""
     from rmlab.store import resolve_tracking_uri, sqlite_path
 
     uri = resolve_tracking_uri(tracking_uri)
     db = sqlite_path(uri)
-    where = f"init_from={run_id}"
     if db is not None and not db.is_file():  # never create a store just to look a run up in it
-        raise ConfigError(f"{where}: no MLflow store at {db} to look the run up in (set logger.tracking_uri or "
-                          "$MLFLOW_TRACKING_URI to the store of the earlier run, or give a checkpoint path)")
-    with _quiet_downloads():
-        return _read_run(run_id, uri, where, seed)
+        raise ConfigError(f"init_from={run_id}: no MLflow store at {db} to look the run up in (set "
+                          "logger.tracking_uri or $MLFLOW_TRACKING_URI to the store of the earlier run, or give a "
+                          "checkpoint path)")
+    return uri
 
 
 @contextmanager
@@ -140,17 +169,10 @@ def _quiet_downloads() -> Iterator[None]:
 
 
 def _read_run(run_id: str, uri: str, where: str, seed: int | None = None) -> Source:
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as err:
-        raise ConfigError(f"{where}: no run with this id in the MLflow store {uri} "
-                          f"({_first_line(err)})") from err
-    if run.info.lifecycle_stage == "deleted":
-        raise ConfigError(f"{where}: the run is deleted in {uri}")
+    run = _get_run(client, run_id, uri, where)
     original = run.data.tags.get(REUSED_TAG)
     if original and original != run_id:  # a job a re-run sweep reused: its weights are the original run's
         found = _read_run(original, uri, where)
@@ -188,6 +210,18 @@ def _read_run(run_id: str, uri: str, where: str, seed: int | None = None) -> Sou
         content = _read(file, where)
     return Source(f"run {run_id}", _model_weights(content, where), config or content.get("model_config"),
                   task or content.get("task_config"), content.get("spec"))
+
+
+def _get_run(client, run_id: str, uri: str, where: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        raise ConfigError(f"{where}: no run with this id in the MLflow store {uri} ({_first_line(err)})") from err
+    if run.info.lifecycle_stage == "deleted":
+        raise ConfigError(f"{where}: the run is deleted in {uri}")
+    return run
 
 
 def _child_with_seed(client, parent, seed: int | None, where: str):

@@ -115,6 +115,12 @@ class SweepCallback(Callback):
         from rmlab import compose_once
 
         compose_once.install(config)  # each job's config composed once, not twice (checked, then launched)
+        from rmlab.errors import Abort, ConfigError
+
+        try:
+            _check_sources(config)
+        except ConfigError as err:
+            raise Abort(err) from err
         if config.logger.name != "mlflow" or config.trainer.get("fast_dev_run"):
             return  # jobs are untracked (see rmlab.run.train): a parent would stay empty
         from rmlab.errors import Abort
@@ -129,6 +135,29 @@ class SweepCallback(Callback):
         if self.parent is not None:
             self.parent.close()
             self.parent = None
+
+
+def _check_sources(config: DictConfig) -> None:
+    """The earlier runs every job of the sweep starts from (``init_from``, ``reward.init_from`` given once on the
+    command line, not swept), checked once before any job: a wrong id or path stops the sweep with one line instead
+    of failing each of its jobs. Each job still reads (and fully checks) them itself."""
+    from rmlab.errors import ConfigError
+    from rmlab.init_from import check_source
+
+    sources = [("", config, config.logger.get("tracking_uri"))]
+    reward = config.get("reward")
+    if isinstance(reward, DictConfig) and "init_from" in reward.keys():  # `in reward` is False for a missing value
+        if OmegaConf.is_missing(reward, "init_from"):
+            raise ConfigError(f"reward.init_from is required by reward={reward.get('name')}: give the run id (or "
+                              "checkpoint path) of the model it uses")
+        sources.append(("reward.", reward, reward.get("tracking_uri")))
+    for prefix, node, uri in sources:
+        value = node.get("init_from")
+        if isinstance(value, str) and value.strip():
+            try:
+                check_source(value, uri)
+            except ConfigError as err:
+                raise ConfigError(f"{prefix}{err}") from None
 
 
 def _open_parent(config: DictConfig, options: SweepOptions) -> ParentRun:

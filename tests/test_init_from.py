@@ -204,6 +204,13 @@ def test_a_sweep_parent_gives_each_seed_its_own_childs_weights(workdir):
     with pytest.raises(ConfigError, match=r"has 2 finished child runs with seed=0 \(.*optimizer.lr=0.01 seed=0.*\)"
                                           r": it varied more than the seed; give one child's run id"):
         build_components(compose_config(*TABULAR, f"init_from={parent}"))
+    # What a sweep checks once before its jobs: the parent exists and has a finished child; an empty one fails.
+    from rmlab.init_from import check_source
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    check_source(parent, uri)
+    empty = client.create_run(experiment, tags={"rmlab.role": "parent"}).info.run_id
+    with pytest.raises(ConfigError, match=rf"init_from={empty}: the sweep \(parent run\) has no finished child run"):
+        check_source(empty, uri)
     # A parent is no reward model either (the reward's lookup has no seed to pick a child by).
     from rmlab.init_from import resolve
     with pytest.raises(ConfigError, match="the run is a sweep's parent, which holds no weights"):

@@ -54,6 +54,25 @@ def test_bad_option_on_the_command_line_stops_before_anything_is_created(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no sweep folder, no store, no outputs
 
 
+@pytest.mark.parametrize("args,message", [
+    (["sweep=policy_study", "init_from=0123456789abcdef0123456789abcdef"],
+     "rmlab: error: init_from=0123456789abcdef0123456789abcdef: no MLflow store at {store} to look the run up in"),
+    (["sweep=policy_study", "init_from=no/such/file.ckpt"],
+     "rmlab: error: init_from=no/such/file.ckpt: no such file or folder, and not an MLflow run id"),
+    (["sweep=overoptimisation"], "rmlab: error: reward.init_from is required by reward=reward_model: give the run id"),
+    (["sweep=overoptimisation", "reward.init_from=nothing"], "rmlab: error: reward.init_from=nothing: no such file"),
+])
+def test_a_sweep_checks_the_runs_it_starts_from_once_before_any_job(tmp_path, args, message):
+    """A wrong init_from (or reward.init_from) given once for a whole sweep stops it with one line and exit code 2,
+    before anything is created, instead of failing every job."""
+    proc = subprocess.run([PYTHON, "-m", "rmlab", "-m", *args, f"hydra.sweep.dir={tmp_path / 's'}"], cwd=tmp_path,
+                          env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message.format(store=tmp_path / "mlflow.db")), lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no sweep folder, no store, no outputs
+
+
 def test_extra_columns_are_summarised_like_the_fixed_ones_and_a_missing_one_is_noted(tmp_path):
     def job(beta: str, seed: int, status: str = "FINISHED", **metrics: float) -> summary.JobRecord:
         return summary.JobRecord({"feedback.beta": beta, "seed": str(seed)}, status,
