@@ -258,7 +258,10 @@ class Tracker:
 
     def sent_point(self, key: str, step: int) -> Metric | None:
         """The point of ``key`` at ``step`` as this tracker sent it (value and timestamp), if the last point it sent
-        for ``key`` is at ``step``; None otherwise (then only the store knows). Stored once ``drain`` returned True."""
+        for ``key`` is at ``step`` and the store took every batch so far; None otherwise (then only the store knows:
+        a point kept for the unsent-metrics file is in no store yet)."""
+        if self._gave_up or self._unsent:
+            return None
         point = self._last_point.get(key)
         return point if point is not None and point.step == step else None
 

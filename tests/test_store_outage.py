@@ -157,6 +157,7 @@ def test_store_gone_for_good_spools_then_replay_stores_and_closes(workdir, monke
     tracker.start("r", {})
     tracker.log_metrics({"train/loss": 9.0}, step=0)  # stored before the outage
     tracker.flush()
+    assert tracker.sent_point("train/loss", 0).value == 9.0
     outage = Outage(tracker.client.log_batch, failures=10**9)
     monkeypatch.setattr(tracker.client, "log_batch", outage)
     for step in range(1, 31):
@@ -165,6 +166,8 @@ def test_store_gone_for_good_spools_then_replay_stores_and_closes(workdir, monke
     with pytest.raises(MetricsNotStored) as raised:
         tracker.finish("FINISHED")
     assert time.monotonic() - started < 10  # bounded by retry_s, plus one more try at the end
+    # Points kept for the unsent-metrics file are in no store: nothing may be linked to them as stored.
+    assert tracker.sent_point("train/loss", 30) is None
     message = str(raised.value)
     path = tracker.unsent_path
     assert "\n" not in message and f"30 metric points of run {tracker.run_id} are kept in {path}" in message
