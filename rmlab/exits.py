@@ -32,7 +32,7 @@ from rmlab.errors import Abort, ConfigError, RmlabError
 
 def run_command(hydra_main: Callable[[], Any]) -> NoReturn:
     """Run the Hydra entry point and exit with the code the table above gives."""
-    from rmlab import sweep_parent
+    from rmlab import collector, sweep_parent
     from rmlab.paths import expose_plugins
 
     expose_plugins()
@@ -40,7 +40,7 @@ def run_command(hydra_main: Callable[[], Any]) -> NoReturn:
     user_full = None if os.environ.get(_OURS) else os.environ.get("HYDRA_FULL_ERROR")
     os.environ.update({"HYDRA_FULL_ERROR": "1", _OURS: "1"})
     sweep_parent.reset_exit_code()
-    _skip_final_collections()
+    collector.skip_final_collections()  # the shutdown's collector passes skip the libraries' objects
     try:
         hydra_main()
         code = sweep_parent.exit_code()
@@ -49,24 +49,9 @@ def run_command(hydra_main: Callable[[], Any]) -> NoReturn:
         code = _ended(err.error if isinstance(err, Abort) else err, full=user_full not in (None, "0", ""))
     finally:
         _restore_env(user_full)
+        collector.release()  # a sweep's frozen objects: back in the collector's care
     sys.stdout.flush()
     sys.exit(code)
-
-
-def _skip_final_collections() -> None:
-    """At interpreter shutdown, leave the objects the command made out of the garbage collector's passes.
-
-    Once the command is done (its runs closed, its output printed), Python's shutdown still walks every object
-    torch, Lightning, Hydra and MLflow made (millions) in collector passes: 1.5 to 3 s here after the last line,
-    paid by every command and, in a sweep, spread over its jobs. ``gc.freeze`` at exit (an atexit hook registered
-    first, so it runs after every other one) makes those passes skip them; the process's end releases them. Nothing
-    is frozen while the interpreter goes on: a caller that catches the command's ``SystemExit`` keeps a working
-    collector."""
-    import atexit
-    import gc
-
-    atexit.unregister(gc.freeze)  # once per process, whatever the number of commands
-    atexit.register(gc.freeze)
 
 
 _OURS = "RMLAB_SET_HYDRA_FULL_ERROR"

@@ -112,29 +112,32 @@ class SweepCallback(Callback):
         self.__init__()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from rmlab import compose_once
+        from rmlab import collector, compose_once
 
-        compose_once.install(config)  # each job's config composed once, not twice (checked, then launched)
+        in_process = compose_once.install(config)  # each job's config composed once, not twice (checked, launched)
         from rmlab.errors import Abort, ConfigError
 
         try:
             _check_sources(config)
         except ConfigError as err:
             raise Abort(err) from err
-        if config.logger.name != "mlflow" or config.trainer.get("fast_dev_run"):
-            return  # jobs are untracked (see rmlab.run.train): a parent would stay empty
-        from rmlab.errors import Abort
-
-        try:
-            self.parent = _open_parent(config, self.options)
-        except Exception as err:
-            # Hydra turns an exception here into a warning and runs the sweep without its parent: stop instead.
-            raise Abort(err) from err
+        # Untracked jobs (see rmlab.run.train) get no parent: it would stay empty.
+        if config.logger.name == "mlflow" and not config.trainer.get("fast_dev_run"):
+            try:
+                self.parent = _open_parent(config, self.options)
+            except Exception as err:
+                # Hydra turns an exception here into a warning and runs the sweep without its parent: stop instead.
+                raise Abort(err) from err
+        if in_process:  # the jobs run here: their full collector passes skip the libraries' objects
+            collector.freeze_for_sweep()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from rmlab import collector
+
         if self.parent is not None:
             self.parent.close()
             self.parent = None
+        collector.release()
 
 
 def _check_sources(config: DictConfig) -> None:

@@ -98,3 +98,48 @@ def test_a_command_run_in_process_leaves_the_garbage_collector_working():
     cycle[0].append(cycle)
     del cycle
     assert gc.collect() > 0
+
+
+def sweep_start_and_end(*overrides: str) -> tuple[int, int]:
+    """The collector's frozen-object count after the sweep callback's start, and after its end (untracked jobs: no
+    parent run is opened)."""
+    import gc
+
+    from hydra import compose, initialize_config_dir
+
+    from rmlab.paths import CONFIG_DIR
+    from rmlab.sweep import SweepCallback
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        master = compose("config", overrides=["logger=none", *overrides], return_hydra_config=True)
+        callback = SweepCallback()
+        callback.on_multirun_start(master)
+        started = gc.get_freeze_count()
+        cycle = [[]]  # made after the freeze: still collected during the sweep
+        cycle[0].append(cycle)
+        del cycle
+        assert gc.collect() > 0
+        callback.on_multirun_end(master)
+        return started, gc.get_freeze_count()
+
+
+def test_a_sweep_in_this_process_leaves_the_libraries_out_of_full_collections_until_it_ends():
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    started, ended = sweep_start_and_end()
+    assert started > 100_000  # torch, Lightning, Hydra, OmegaConf: loaded by this test session
+    assert ended == 0
+
+
+def test_a_sweep_in_worker_processes_or_a_heap_frozen_by_the_caller_is_left_alone():
+    import gc
+
+    assert sweep_start_and_end("hydra/launcher=joblib") == (0, 0)
+    gc.freeze()
+    try:
+        theirs = gc.get_freeze_count()
+        started, ended = sweep_start_and_end()
+        assert 0 < ended <= started <= theirs  # nothing frozen on top (objects freed leave it), theirs not released
+    finally:
+        gc.unfreeze()
