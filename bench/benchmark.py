@@ -16,7 +16,10 @@ Prints one JSON object per line:
   training step, of ``python -m rmlab --help``, and of a command with a config error until its one-line error;
 - ``sweep_tiny`` / ``sweep_small``: a 12-job sweep in one ``python -m rmlab -m`` command, of tiny runs (wine, 5
   epochs) and of default runs: wall time per job (the sweep's start-up included, and after it), against one
-  standalone run's wall time and against the pure training time (fit) of a job.
+  standalone run's wall time and against the pure training time (fit) of a job; and ``added_job_s``, what one more
+  job costs: the wall time of a 36-job sweep minus the 12-job one, over the 24 jobs it adds (everything a job brings
+  counted: the composition of its config, which the sweeper does for every job before the first one starts, its
+  run, its share of the summary). ``added_job_over_fit`` is the sweep-job ratio.
 
     python bench/benchmark.py                    # everything (about 6 minutes on 2 cores)
     python bench/benchmark.py --only cases --pairs 5
@@ -220,14 +223,20 @@ def bench_sweep(jobs: int = 12, threads: int | None = None) -> None:
         args = [*overrides, "trainer.enable_progress_bar=false"]
         if threads is not None:
             args.append(f"trainer.num_threads={threads}")
-        # Creates the store; with a seed no job of the sweep has, so that every job trains (none is reused).
-        run_cli([*args, f"seed={jobs + 1000}"], cwd)
-        _, standalone = run_cli([*args, "seed=100"], cwd)
+        # Creates the store; with a seed no job of the sweeps has, so that every job trains (none is reused).
+        run_cli([*args, "seed=100000"], cwd)
+        _, standalone = run_cli([*args, "seed=100001"], cwd)
         started, sweep_wall = run_cli(["-m", *args, "seed=" + ",".join(str(s) for s in range(jobs))], cwd)
         runs = last_runs(cwd, jobs)
         fit = statistics.median(r.data.metrics["perf_fit_s"] for r in runs)
-        # The sweep's one-off start-up (imports, store, parent run) ends when the first job's run opens.
+        # The sweep's one-off start-up (imports, store, parent run, and the composition of every job's config, which
+        # the sweeper checks before the first job) ends when the first job's run opens.
         startup = min(r.info.start_time for r in runs) / 1000 - started
+        # What one more job costs, everything included (its composition, its run, its share of the summary): a sweep
+        # of three times as many jobs (new seeds) against this one.
+        _, long_wall = run_cli(["-m", *args, "seed=" + ",".join(str(s) for s in range(jobs, 4 * jobs))], cwd)
+        long_fit = statistics.median(r.data.metrics["perf_fit_s"] for r in last_runs(cwd, 3 * jobs))
+        added = (long_wall - sweep_wall) / (2 * jobs)
         per_job = sweep_wall / jobs
         marginal = (sweep_wall - startup) / jobs
         print(json.dumps({"case": case, "jobs": jobs, "threads": threads, "sweep_wall_s": round(sweep_wall, 2),
@@ -235,7 +244,10 @@ def bench_sweep(jobs: int = 12, threads: int | None = None) -> None:
                           "per_job_after_startup_s": round(marginal, 3), "standalone_run_s": round(standalone, 2),
                           "job_fit_s": round(fit, 3), "per_job_over_fit": round(per_job / fit, 2),
                           "per_job_after_startup_over_fit": round(marginal / fit, 2),
-                          "per_job_over_standalone": round(per_job / standalone, 3)}), flush=True)
+                          "per_job_over_standalone": round(per_job / standalone, 3),
+                          f"sweep_{3 * jobs}_jobs_wall_s": round(long_wall, 2), "added_job_s": round(added, 3),
+                          "added_job_fit_s": round(long_fit, 3),
+                          "added_job_over_fit": round(added / statistics.median([fit, long_fit]), 2)}), flush=True)
 
 
 def main() -> None:

@@ -4,7 +4,9 @@ Hydra's sweepers compose every job of a batch to check it (``Sweeper.validate_ba
 before its first job), then an in-process launcher (``basic``, ``rmlab_ray``) composes each job again to run it. At
 about 0.15 s a composition that was half of a small sweep job's overhead. ``install`` memoises the launching process's
 ``ConfigLoader.load_sweep_config``: a composition made by the check is kept, and the launch takes it (once: it is
-removed then). Launchers that compose in their own workers (joblib, submitit) are left alone.
+removed then). Launchers that compose in their own workers (joblib, submitit) are left alone. The compositions
+themselves start from a kept composition of the job's config groups where the jobs differ only in values
+(``rmlab.compose_template``).
 
 Hydra offers no hook for this, so it rests on two details of Hydra 1.3, both checked by a test: the loader that
 ``GlobalHydra`` holds is the one the sweeper and the launcher use, and the check calls ``load_sweep_config`` from a
@@ -33,18 +35,21 @@ def install(config: DictConfig) -> bool:
     loader = GlobalHydra.instance().config_loader()
     if getattr(loader, "_rmlab_compose_once", False):
         return True
-    original = loader.load_sweep_config
+    from rmlab.compose_template import Templates
+
+    templates = Templates(loader, loader.load_sweep_config)
     checked: dict[tuple[str, ...], DictConfig] = {}
 
     def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> Any:
         key = tuple(sweep_overrides)
         if _called_by_the_check():
-            checked[key] = original(master_config, sweep_overrides)
+            checked[key] = templates.compose(master_config, sweep_overrides)
             return checked[key]
         kept = checked.pop(key, None)
-        return kept if kept is not None else original(master_config, sweep_overrides)
+        return kept if kept is not None else templates.compose(master_config, sweep_overrides)
 
     loader.load_sweep_config = load_sweep_config
+    loader._rmlab_templates = templates
     loader._rmlab_compose_once = True
     return True
 

@@ -31,15 +31,17 @@ def test_the_check_composes_and_the_launch_reuses_it():
         master = compose("config", return_hydra_config=True)
         loader, calls = counted_loader()
         assert compose_once.install(master)
-        batch = [["task=wine", "seed=0"], ["task=wine", "seed=1"]]
+        batch = [["task=wine", "seed=0"], ["task=digits", "seed=1"]]  # two combinations of groups: two compositions
         checker = SimpleNamespace(hydra_context=HydraContext(config_loader=loader, callbacks=None), config=master)
         Sweeper.validate_batch_is_legal(checker, batch)
         assert len(calls) == 2
         launched = [loader.load_sweep_config(master, overrides) for overrides in batch]
         assert len(calls) == 2 and [job.seed for job in launched] == [0, 1]
-        assert launched[0].task.name == "wine"
-        again = loader.load_sweep_config(master, ["task=wine", "seed=0"])  # taken once: a later call composes afresh
-        assert len(calls) == 3 and again is not launched[0] and again.seed == 0
+        assert [job.task.name for job in launched] == ["wine", "digits"]
+        # Taken once: a later call makes a new config (from the kept composition of its groups, rmlab.compose_template).
+        again = loader.load_sweep_config(master, ["task=wine", "seed=0"])
+        assert len(calls) == 2 and again is not launched[0] and again.seed == 0 and again.task.name == "wine"
+        assert loader._rmlab_templates.from_base == 3
 
 
 def test_launchers_that_compose_in_their_workers_are_left_alone():
