@@ -208,9 +208,12 @@ def device_ids(devices: Any) -> int | list[int] | None:
     return [int(d) for d in devices]
 
 
-def build_components(cfg: DictConfig) -> Components:
-    """Validate the whole config and build the task, model, loss, reward (and feedback); raise ConfigError first."""
-    validate_config(cfg)  # what needs no torch (rmlab.run has already done it; cheap to repeat for direct callers)
+def build_components(cfg: DictConfig, validated: bool = False) -> Components:
+    """Validate the whole config and build the task, model, loss, reward (and feedback); raise ConfigError first.
+    ``validated``: ``validate_config`` (what needs no torch) has already passed on this config (``rmlab.run`` runs
+    it first); a direct caller leaves it False."""
+    if not validated:
+        validate_config(cfg)
     check_devices_available(cfg.trainer)
     task = instantiate("task", cfg.task)
     loss = instantiate("loss", cfg.loss)
@@ -248,7 +251,9 @@ def check_generation_unused(cfg: DictConfig, info: Any) -> None:
     from rmlab.paths import CONFIG_DIR
 
     # Unresolved on both sides: the default's seed is ${seed}, which only the whole config resolves.
-    default = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "generation" / "greedy.yaml"), resolve=False)
+    path = CONFIG_DIR / "generation" / "greedy.yaml"
+    stat = path.stat()
+    default = _generation_default(str(path), stat.st_mtime_ns, stat.st_size)
     given = OmegaConf.to_container(cfg.generation, resolve=False)
     changed = [f"generation.{k}={given.get(k)}" for k in sorted(set(default) | set(given))
                if given.get(k) != default.get(k)]
@@ -257,6 +262,12 @@ def check_generation_unused(cfg: DictConfig, info: Any) -> None:
             f"{', '.join(changed)} does not apply to task={info.name}: the generation group sets how a language model "
             f"writes its completions, and this task's model outputs {info.output_kind!r}, not text. Leave generation "
             "at its default (greedy) here")
+
+
+@lru_cache(maxsize=4)
+def _generation_default(path: str, mtime_ns: int, size: int) -> dict:
+    """The default generation settings, read once per version of their file (each job of a sweep checks them)."""
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
 
 
 def initialise_model(cfg: DictConfig, model: Any) -> str | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
 import shlex
 import subprocess
@@ -96,9 +97,10 @@ def job_context() -> dict[str, Any]:
     }
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """Identity of a job's config (the resolved config minus what only says where the job sits in a sweep)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+def config_hash(cfg: DictConfig, resolved: dict[str, Any] | None = None) -> str:
+    """Identity of a job's config (the resolved config minus what only says where the job sits in a sweep);
+    ``resolved``: the config already resolved to a container, if the caller has it."""
+    resolved = dict(OmegaConf.to_container(cfg, resolve=True) if resolved is None else resolved)
     resolved.pop("optuna", None)
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -166,9 +168,11 @@ def _outside_targets(node: Any) -> list[str]:
     return []
 
 
-def provenance(cfg: DictConfig) -> dict[str, str]:
+def provenance(cfg: DictConfig, resolved: dict[str, Any] | None = None) -> dict[str, str]:
     """The tags that say which code, data and libraries a run used, and its reuse key (absent when any part of what
-    decides the result is unknown: then the run is never reused)."""
+    decides the result is unknown: then the run is never reused). ``resolved``: as for ``config_hash``."""
+    if resolved is None:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
     tags = {"rmlab.code_digest": code_digest(),
             "rmlab.versions": " ".join(f"{k}={v}" for k, v in dependency_versions().items())}
     data = None
@@ -179,19 +183,27 @@ def provenance(cfg: DictConfig) -> dict[str, str]:
     else:
         if data is not None:
             tags["rmlab.data_digest"] = data
-    outside = _outside_targets(OmegaConf.to_container(cfg, resolve=True))
+    outside = _outside_targets(resolved)
     if outside:
         tags["rmlab.no_reuse"] = f"components from outside rmlab: {', '.join(sorted(set(outside)))}"
     if "rmlab.no_reuse" not in tags:
-        parts = [config_hash(cfg), tags["rmlab.code_digest"], data or "", tags["rmlab.versions"]]
+        parts = [config_hash(cfg, resolved), tags["rmlab.code_digest"], data or "", tags["rmlab.versions"]]
         tags["rmlab.reuse_key"] = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
     return tags
 
 
 def git_commit() -> str | None:
-    """The commit checked out in the current directory; None outside a git repository (or without git)."""
+    """The commit checked out in the current directory; None outside a git repository (or without git). Asked once
+    per process and directory (a ``git`` process costs each job of a sweep milliseconds): the code a process runs is
+    the code it imported when it started, whatever is committed while it runs (``rmlab.code_digest`` is what
+    identifies it)."""
+    return _git_commit_in(os.getcwd())
+
+
+@lru_cache(maxsize=8)
+def _git_commit_in(folder: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=folder)
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -209,12 +221,13 @@ def run_tags(cfg: DictConfig, context: dict[str, Any]) -> dict[str, str]:
     the config hash, the provenance tags with the reuse key (a sweep does not train again a job whose key already
     FINISHED) and, inside a sweep, the sweep id (its parent run's id, unique per invocation), the sweep directory, the
     job number and the job's own overrides (quoted as a shell would, so a value with a space stays one override)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
     tags = {
         "task": cfg.task.name, "loss": cfg.loss.name, "reward": cfg.reward.name, "seed": str(cfg.seed),
         "feedback": cfg.feedback.name, "model": cfg.model.name, "optimizer": cfg.optimizer.name,
         "rmlab_version": rmlab.__version__, **git_tags(),
-        "mlflow.source.name": "rmlab", "command": command_line(), "rmlab.config_hash": config_hash(cfg),
-        **provenance(cfg),
+        "mlflow.source.name": "rmlab", "command": command_line(), "rmlab.config_hash": config_hash(cfg, resolved),
+        **provenance(cfg, resolved),
     }
     if context.get("multirun"):
         tags.update({"sweep_id": context.get("parent_run_id") or "", "rmlab.sweep_dir": context["sweep_dir"],

@@ -163,7 +163,7 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> dict[str, Any]:
     seed_all(cfg.seed)
     from rmlab.build import build_components
 
-    parts: Components = build_components(cfg)
+    parts: Components = build_components(cfg, validated=True)
     set_threads(cfg, context)
     log.info(compact_config(cfg))
 

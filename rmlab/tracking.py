@@ -163,7 +163,8 @@ class Tracker:
         self.unsent_path: Path | None = None
 
     def start(self, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None) -> str:
-        self.experiment_id = get_or_create_experiment(self.client, self.uri, self.experiment)
+        # Looked up already by a sweep job's reuse check, a moment before: not asked twice.
+        self.experiment_id = self.experiment_id or get_or_create_experiment(self.client, self.uri, self.experiment)
         all_tags = {"mlflow.user": current_user(), **{k: redact(str(v))[:MAX_TAG] for k, v in tags.items()}}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
