@@ -79,7 +79,10 @@ def make_trainer(cfg: DictConfig, callbacks: list, loggers: list, out: Path):
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import Checkpoint
 
+    from rmlab import callback_factories
+
     quiet_lightning()
+    callback_factories.install()  # each job of a sweep would read every installed package's entry points again
 
     t = cfg.trainer
     try:

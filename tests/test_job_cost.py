@@ -143,3 +143,34 @@ def test_a_sweep_in_worker_processes_or_a_heap_frozen_by_the_caller_is_left_alon
         assert 0 < ended <= started <= theirs  # nothing frozen on top (objects freed leave it), theirs not released
     finally:
         gc.unfreeze()
+
+
+def callback_factory():
+    """A Lightning callback factory, as a package would register one under the entry point group."""
+    import pytorch_lightning as pl
+
+    return [type("FromFactory", (pl.Callback,), {})()]
+
+
+def test_lightnings_callback_factories_are_looked_up_once_and_still_called_for_every_trainer(monkeypatch):
+    from importlib import metadata
+
+    import pytorch_lightning as pl
+    from lightning_fabric.utilities import registry
+
+    from rmlab import callback_factories
+
+    group = "pytorch_lightning.callbacks_factory"
+    found = metadata.EntryPoints([metadata.EntryPoint(name="rmlab-test", value=f"{__name__}:callback_factory",
+                                                      group=group)])
+    lookups = []
+    monkeypatch.setattr(metadata, "entry_points", lambda **kw: lookups.append(kw) or found)
+    monkeypatch.setattr(registry, "entry_points", registry.entry_points)  # put back after the test
+    callback_factories._group.cache_clear()
+    callback_factories.install()
+    trainers = [pl.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                           enable_model_summary=False) for _ in range(3)]
+    made = [[c for c in t.callbacks if type(c).__name__ == "FromFactory"] for t in trainers]
+    assert [len(m) for m in made] == [1, 1, 1] and made[0][0] is not made[1][0]  # a new one for every Trainer
+    assert lookups == [{"group": group}]  # Lightning asked through registry.entry_points, once
+    callback_factories._group.cache_clear()
