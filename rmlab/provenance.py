@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
 import platform
 import shlex
 import subprocess
@@ -193,17 +192,9 @@ def provenance(cfg: DictConfig, resolved: dict[str, Any] | None = None) -> dict[
 
 
 def git_commit() -> str | None:
-    """The commit checked out in the current directory; None outside a git repository (or without git). Asked once
-    per process and directory (a ``git`` process costs each job of a sweep milliseconds): the code a process runs is
-    the code it imported when it started, whatever is committed while it runs (``rmlab.code_digest`` is what
-    identifies it)."""
-    return _git_commit_in(os.getcwd())
-
-
-@lru_cache(maxsize=8)
-def _git_commit_in(folder: str) -> str | None:
+    """The commit checked out in the current directory; None outside a git repository (or without git)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=folder)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None

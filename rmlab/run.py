@@ -399,7 +399,7 @@ def _log_outcome(tracker, cfg: DictConfig, parts: Components, results: dict[str,
     if cfg.logger.log_model:
         from rmlab.serving.export import log_model
 
-        tracker.drain()  # the test metrics must be stored before they are linked to the model
+        # The test metrics wait in the tracker's buffer: they are linked there, and stored once with the final batch.
         linked = {k: v for k, v in results.items() if k.startswith("test/") or k in SELECTION_KEYS}
         # A store that went away: the model is skipped (with a warning), the metrics wait for rmlab.replay.
         tracker.upload("the MLflow model", log_model, tracker, cfg, parts, step, linked,

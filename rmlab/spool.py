@@ -2,7 +2,8 @@
 
 ``Tracker`` writes it (``write``) when it gives up on a store; ``python -m rmlab.replay FILE`` reads it (``read``),
 stores the points into the run, sets the tags the run recorded after training (``tags``) and closes the run with the
-status it would have had. One JSON header line, then one line per point: ``[key, value, timestamp_ms, step]``. The
+status it would have had. One JSON header line, then one line per point: ``[key, value, timestamp_ms, step]``, with
+the id of the logged model it is linked to as a fifth value where it is linked to one (the test metrics). The
 header's ``not_stored`` lists the uploads the run skipped while the store was away (its MLflow model, its checkpoint):
 replay cannot make them, the run's output folder still holds the checkpoint. The store's URI is written without its
 credentials.
@@ -49,7 +50,8 @@ def write(path: Path, *, uri: str, run_id: str, experiment: str, status: str | N
     with open(partial, "w") as f:
         f.write(json.dumps(header) + "\n")
         for m in metrics:
-            f.write(json.dumps([m.key, m.value, m.timestamp, m.step]) + "\n")
+            point = [m.key, m.value, m.timestamp, m.step] + ([m.model_id] if m.model_id else [])
+            f.write(json.dumps(point) + "\n")
     os.replace(partial, path)
     return path
 
@@ -67,10 +69,14 @@ def read(path: Path) -> tuple[dict[str, Any], list[Metric]]:
     metrics = []
     for number, line in enumerate(lines[1:], start=2):
         try:
-            key, value, timestamp, step = json.loads(line)
-            metrics.append(Metric(str(key), float(value), int(timestamp), int(step)))
+            key, value, timestamp, step, *model = json.loads(line)
+            if len(model) > 1:
+                raise ValueError(f"{len(model) + 4} values")
+            metrics.append(Metric(str(key), float(value), int(timestamp), int(step),
+                                  model_id=str(model[0]) if model else None))
         except (ValueError, TypeError) as err:
-            raise ValueError(f"{path}, line {number}: not a metric point [key, value, timestamp, step]: {err}") from None
+            raise ValueError(f"{path}, line {number}: not a metric point [key, value, timestamp, step(, model id)]: "
+                             f"{err}") from None
     if len(metrics) != header.get("points"):
         raise ValueError(f"{path}: the header says {header.get('points')} points, the file holds {len(metrics)}")
     return header, metrics

@@ -28,7 +28,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -265,6 +265,21 @@ class Tracker:
             return None
         point = self._last_point.get(key)
         return point if point is not None and point.step == step else None
+
+    def link_waiting(self, model_id: str, keys: Iterable[str], step: int) -> list[str]:
+        """Link to the logged model ``model_id`` the last points of ``keys`` where they are at ``step`` and still wait
+        in the buffer: they are stored once, linked, with the next batch (no write of their own). Returns the keys
+        whose point does not wait here (already sent, or not logged at ``step`` by this tracker)."""
+        waiting = {id(point): index for index, point in enumerate(self._buffer)}
+        elsewhere = []
+        for key in keys:
+            point = self._last_point.get(key)
+            if point is None or point.step != step or id(point) not in waiting:
+                elsewhere.append(key)
+                continue
+            linked = Metric(point.key, point.value, point.timestamp, point.step, model_id=model_id)
+            self._buffer[waiting[id(point)]] = self._last_point[key] = linked
+        return elsewhere
 
     def _send(self, final: bool = False) -> None:
         """Queue the buffered metrics as one batch for the sending thread (the final one carries the points count)."""

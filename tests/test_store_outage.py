@@ -246,3 +246,47 @@ def test_final_tags_travel_with_the_last_batch_and_an_upload_the_store_refuses_i
     tracker.finish("FINISHED")
     run = tracker.get()
     assert run.info.status == "FINISHED" and run.data.tags["rmlab.selection"] == "last"
+
+
+def logged_model(tracker: Tracker) -> str:
+    return tracker.client.create_logged_model(tracker.experiment_id, name="model", source_run_id=tracker.run_id).model_id
+
+
+def test_a_waiting_test_point_is_linked_to_the_model_in_the_final_batch_without_a_write_of_its_own(workdir, monkeypatch):
+    tracker = Tracker(None, "links", flush_every_s=3600)
+    tracker.start("r", {})
+    tracker.log_metrics({"train/loss": 2.0}, step=0)
+    tracker.drain()  # sent: only a re-log can link it
+    tracker.log_metrics({"test/reward": 0.75, "train/loss": 1.0}, step=3)
+    model_id = logged_model(tracker)
+    writes = []
+    log_batch = tracker.client.log_batch
+    monkeypatch.setattr(tracker.client, "log_batch", lambda *a, **kw: writes.append(kw) or log_batch(*a, **kw))
+    keys = ["test/reward", "train/loss", "val/best_reward"]
+    assert tracker.link_waiting(model_id, keys, step=0) == keys  # nothing waits at step 0 (train/loss: sent)
+    assert tracker.link_waiting(model_id, ["test/reward", "val/best_reward"], step=3) == ["val/best_reward"]
+    assert writes == []
+    tracker.finish("FINISHED")
+    assert len(writes) == 1  # the final batch: the points, the link, the closing tags
+    linked = tracker.client.get_logged_model(model_id).metrics
+    assert [(m.key, m.value, m.step) for m in linked] == [("test/reward", 0.75, 3)]
+    assert [m.value for m in tracker.client.get_metric_history(tracker.run_id, "test/reward")] == [0.75]
+    assert stored_points(tracker.client, tracker.run_id) == 3
+
+
+def test_a_linked_point_kept_for_the_unsent_metrics_file_is_linked_when_replayed(workdir, monkeypatch):
+    tracker = Tracker(None, "links", flush_every_s=3600, retry_s=0.2)
+    tracker.start("r", {})
+    tracker.log_metrics({"test/reward": 0.5, "train/loss": 1.0}, step=1)
+    model_id = logged_model(tracker)
+    assert tracker.link_waiting(model_id, ["test/reward"], step=1) == []
+    monkeypatch.setattr(tracker.client, "log_batch", Outage(tracker.client.log_batch, failures=10**9))
+    with pytest.raises(MetricsNotStored):
+        tracker.finish("FINISHED")
+    _, points = spool.read(tracker.unsent_path)
+    assert {(p.key, p.model_id) for p in points} == {("test/reward", model_id), ("train/loss", None)}
+    monkeypatch.undo()
+    assert replay.main([str(tracker.unsent_path), "--tracking-uri", tracker.uri]) == 0
+    client = MlflowClient(tracker.uri)
+    assert [(m.key, m.value) for m in client.get_logged_model(model_id).metrics] == [("test/reward", 0.5)]
+    assert client.get_run(tracker.run_id).info.status == "FINISHED"

@@ -105,8 +105,9 @@ def _requirements_match(model_requirements: list[str]) -> None:
 def log_model(tracker: Any, cfg: DictConfig, parts: Any, step: int, metrics: dict[str, float],
               params: dict[str, str] | None = None, register_as: str | None = None) -> str | None:
     """Log ``parts.model`` (its current weights: the tested ones) as the run's model; return its model id, or None
-    where no kind of MLflow model exists yet for the task's output kind (a warning says so). ``metrics`` (already
-    stored on the run at ``step``) are linked to the model, so the Logged models view shows them."""
+    where no kind of MLflow model exists yet for the task's output kind (a warning says so). ``metrics`` (logged on
+    the run at ``step``: stored, or waiting in the tracker's buffer) are linked to the model, so the Logged models
+    view shows them."""
     import mlflow.pyfunc
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus
     from mlflow.models import Model, ModelSignature
@@ -144,25 +145,26 @@ def log_model(tracker: Any, cfg: DictConfig, parts: Any, step: int, metrics: dic
                                    model_id=model.model_id))
             client.log_model_artifacts(model.model_id, str(path))
         client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
-        _link_metrics(tracker, model.model_id, step, metrics)
         client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
     except BaseException:
         client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
         raise
+    _link_metrics(tracker, model.model_id, step, metrics)
     if register_as:
         register(client, register_as, model, run_id)
     return model.model_id
 
 
 def _link_metrics(tracker: Any, model_id: str, step: int, metrics: dict[str, float]) -> None:
-    """Attach the run's points of ``metrics`` at ``step`` to the model. Re-logged with their stored timestamp, so the
-    run's own history gains no second point. A point this process sent is known with its timestamp (the tracker
-    drained before); only the others (a resumed run's points stored by an earlier process) are read back."""
+    """Attach the run's points of ``metrics`` at ``step`` to the model. A point still waiting in the tracker's buffer
+    is linked there and stored once, linked, with the run's next batch of metrics (its final one): no write of its
+    own. A point already sent is re-logged with its timestamp (the run's history gains no second point); only the
+    others (a resumed run's points stored by an earlier process) are read back from the store."""
     from mlflow.entities import Metric
 
     client, run_id = tracker.client, tracker.run_id
     points = []
-    for key in metrics:
+    for key in tracker.link_waiting(model_id, metrics, step):
         sent = tracker.sent_point(key, step)
         stored = [sent] if sent is not None else [m for m in client.get_metric_history(run_id, key) if m.step == step]
         points += [Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id) for m in stored[-1:]]
