@@ -10,10 +10,13 @@ job with the same other overrides: copies the base, applies the job's values wit
 (``hydra.overrides.task`` in command-line order, ``hydra.job.override_dirname``, the working directory, the
 resolver cache of the sweep's config). About 8 ms a job instead of 65.
 
-A *value* here is ``key=value``: no ``+``, ``++``, ``~`` or ``@package``, not under ``hydra``, and ``key`` not a
-config group. A job with any other config override (``+key=``, ``~key``, a dict on a group), a sweep that adds config
-search paths (``hydra.searchpath``), or a config file changed since the base was composed (the files of every
-``file://`` config source are fingerprinted, 0.4 ms) is composed by Hydra as before.
+A *value* is what Hydra itself applies after the merge (its config overrides): an override whose key is not a config
+group and not under ``hydra``, of any kind (``key=``, ``+key=``, ``++key=``, ``~key``; Optuna's trials add
+``++optuna.*``). Hydra applies them in their command-line order, and so does the copy; an error (an unknown key, a
+bad value) is Hydra's own. The job's other overrides (config groups, ``hydra.*``) make the base and its key. A dict
+given to a config group, a sweep that adds config search paths (``hydra.searchpath``), and a config file changed
+since the base was composed (the files of every ``file://`` config source are fingerprinted, 0.4 ms) are composed
+by Hydra as before.
 
 This rests on internals of Hydra 1.3 (``ConfigLoaderImpl._apply_overrides_to_config``, ``get_overrides_dirname``,
 the order of ``load_configuration``'s steps); tests compare the result with Hydra's own composition, key for key,
@@ -71,8 +74,6 @@ class Templates:
     def _parse(self, master: DictConfig, overrides: list[str]) -> tuple[list, list, list] | None:
         """The job's overrides parsed: (all of them in order, all but its values, its values); None when Hydra must
         compose it: a config override other than a value, or config search paths added."""
-        from hydra.core.override_parser.types import OverrideType
-
         if list(master.hydra.searchpath):
             return None
         parsed = self.parser.parse_overrides(list(overrides))
@@ -83,15 +84,12 @@ class Templates:
                 return None
             if override.is_hydra_override():
                 groups.append(override)  # set in the base, like the sweep's own hydra overrides
-                continue
-            if override.type != OverrideType.CHANGE or override.package is not None:
-                return None
-            if not self.loader.repository.group_exists(key):
-                values.append(override)
+            elif not self.loader.repository.group_exists(key):
+                values.append(override)  # Hydra's config overrides: applied in order, whatever their kind
             elif isinstance(override.value(), dict):
-                return None  # Hydra takes a dict on a group as a config override: left to it
+                return None  # Hydra takes a dict on a group as a config override too: left to it
             else:
-                groups.append(override)
+                groups.append(override)  # a group's choice, added or removed: decides the defaults list
         return parsed, groups, values
 
     def _with_values(self, master: DictConfig, base: DictConfig, parsed: list, groups: list,

@@ -82,15 +82,13 @@ def test_value_kinds_and_hydra_overrides_match_hydra():
     ], master_overrides=["hydra.job.chdir=false", "trainer.num_threads=1"])
 
 
-def test_other_config_overrides_are_left_to_hydra():
-    jobs = [["+extra=1", "seed=0"], ["~experiment", "seed=0"], ["++seed=2"], ["task={name: renamed}"]]
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        master = compose("config", return_hydra_config=True)
-        loader = GlobalHydra.instance().config_loader()
-        templates = Templates(loader, loader.load_sweep_config)
-        for job in jobs:
-            same_config(templates.compose(master, job), loader.load_sweep_config(master, job))
-    assert templates.from_base == 0 and templates.composed_by_hydra == 4
+def test_every_kind_of_config_override_matches_hydra_and_a_dict_on_a_group_is_left_to_it():
+    templates = compare([["+extra=1", "seed=0"], ["~experiment", "seed=1"], ["++seed=2", "++optuna.trial_number=3"],
+                         ["+extra=2", "~experiment", "seed=3"], ["task=wine", "+loss.delta=1.5", "seed=4"]])
+    assert templates.from_base == 5 and templates.composed_by_hydra == 2  # digits, then wine
+    assert compare([["task={name: renamed}"]]).from_base == 0
+    groups = compare([["+loss@other=gce", "seed=1"], ["+loss@other=gce", "seed=2"]])  # a second loss config
+    assert (groups.composed_by_hydra, groups.from_base) == (1, 2)
 
 
 def test_an_unknown_key_or_a_bad_value_is_hydras_error():
