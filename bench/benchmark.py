@@ -21,7 +21,7 @@ Prints one JSON object per line:
   counted: the composition of its config, which the sweeper does for every job before the first one starts, its
   run, its share of the summary). ``added_job_over_fit`` is the sweep-job ratio.
 
-    python bench/benchmark.py                    # everything (about 6 minutes on 2 cores)
+    python bench/benchmark.py                    # everything (about 8 minutes on 2 cores)
     python bench/benchmark.py --only cases --pairs 5
     python bench/benchmark.py --only sweep
     python bench/benchmark.py --only sweep --threads 1   # on a machine shared with other work (also --only cases)

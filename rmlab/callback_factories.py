@@ -27,7 +27,7 @@ def install() -> None:
 def entry_points(**selection: Any) -> Any:
     """``importlib.metadata.entry_points``, the answer for one group kept for the life of the process."""
     if set(selection) == {"group"}:
-        return _group(selection["group"])
+        return metadata.EntryPoints(_group(selection["group"]))  # a copy: the kept answer is nobody's to change
     return metadata.entry_points(**selection)
 
 

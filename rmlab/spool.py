@@ -3,7 +3,8 @@
 ``Tracker`` writes it (``write``) when it gives up on a store; ``python -m rmlab.replay FILE`` reads it (``read``),
 stores the points into the run, sets the tags the run recorded after training (``tags``) and closes the run with the
 status it would have had. One JSON header line, then one line per point: ``[key, value, timestamp_ms, step]``, with
-the id of the logged model it is linked to as a fifth value where it is linked to one (the test metrics). The
+the id of the logged model it is linked to as a fifth value where it is linked to one (the test metrics; the header
+then says format ``/2``, which an older rmlab refuses in one line instead of misreading). The
 header's ``not_stored`` lists the uploads the run skipped while the store was away (its MLflow model, its checkpoint):
 replay cannot make them, the run's output folder still holds the checkpoint. The store's URI is written without its
 credentials.
@@ -22,6 +23,7 @@ from mlflow.entities import Metric
 from rmlab.credentials import redact
 
 FORMAT = "rmlab-unsent-metrics/1"
+LINKED_FORMAT = "rmlab-unsent-metrics/2"  # a file with points linked to a logged model (a fifth value per line)
 
 
 def default_path(run_id: str) -> Path:
@@ -41,7 +43,7 @@ def write(path: Path, *, uri: str, run_id: str, experiment: str, status: str | N
           not_stored: Iterable[str] = ()) -> Path:
     """Write the file (atomically: a reader never sees half of it). ``status`` None: replay leaves the run open."""
     metrics = list(metrics)
-    header = {"format": FORMAT, "store": redact(uri), "run_id": run_id, "experiment": experiment,
+    header = {"format": LINKED_FORMAT if any(m.model_id for m in metrics) else FORMAT, "store": redact(uri), "run_id": run_id, "experiment": experiment,
               "status": status, "error": redact(error) if error else None, "points_sent_before": sent,
               "points": len(metrics), "tags": {k: redact(str(v)) for k, v in (tags or {}).items()},
               "not_stored": list(not_stored)}
@@ -64,8 +66,9 @@ def read(path: Path) -> tuple[dict[str, Any], list[Metric]]:
         header = json.loads(lines[0]) if lines else {}
     except json.JSONDecodeError:
         header = {}
-    if header.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an rmlab unsent-metrics file (its first line has no format {FORMAT!r})")
+    if header.get("format") not in (FORMAT, LINKED_FORMAT):
+        raise ValueError(f"{path} is not an rmlab unsent-metrics file (its first line has no format {FORMAT!r} or "
+                         f"{LINKED_FORMAT!r})")
     metrics = []
     for number, line in enumerate(lines[1:], start=2):
         try:

@@ -128,8 +128,8 @@ class SweepCallback(Callback):
             except Exception as err:
                 # Hydra turns an exception here into a warning and runs the sweep without its parent: stop instead.
                 raise Abort(err) from err
-        if in_process:  # the jobs run here: their full collector passes skip the libraries' objects
-            collector.freeze_for_sweep()
+        if in_process:  # the jobs run (basic) or are composed and awaited (rmlab_ray) in this process
+            collector.freeze_for_sweep()  # its full collector passes then skip the libraries' objects
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from rmlab import collector

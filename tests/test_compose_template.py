@@ -116,7 +116,7 @@ def test_a_config_file_changed_between_two_jobs_is_read_again(tmp_path):
         templates = Templates(loader, loader.load_sweep_config)
         assert templates.compose(master, ["seed=0"]).model.dropout == 0.0
         mlp = Path(conf / "model" / "mlp.yaml")
-        mlp.write_text(mlp.read_text().replace("dropout: 0.0", "dropout: 0.5") + "\n")
+        mlp.write_text(mlp.read_text().replace("dropout: 0.0", "dropout: 0.5"))  # the same size: its time tells
         again = templates.compose(master, ["seed=1"])
         assert again.model.dropout == 0.5
         same_config(again, loader.load_sweep_config(master, ["seed=1"]))
@@ -132,3 +132,16 @@ def test_the_base_is_never_handed_out():
         first.optimizer.lr = 123.0  # a launcher or job changing its config changes no other job's
         second = templates.compose(master, ["seed=1"])
         assert second.optimizer.lr != 123.0 and second is not first
+
+
+def test_the_variables_hydra_copies_are_read_for_every_job(monkeypatch):
+    monkeypatch.setenv("RMLAB_TEST_COPIED", "a")
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        master = compose("config", overrides=["hydra.job.env_copy=[RMLAB_TEST_COPIED]"], return_hydra_config=True)
+        loader = GlobalHydra.instance().config_loader()
+        templates = Templates(loader, loader.load_sweep_config)
+        assert templates.compose(master, ["seed=0"]).hydra.job.env_set.RMLAB_TEST_COPIED == "a"
+        monkeypatch.setenv("RMLAB_TEST_COPIED", "b")
+        job = templates.compose(master, ["seed=1"])
+        assert job.hydra.job.env_set.RMLAB_TEST_COPIED == "b" and templates.from_base == 2
+        same_config(job, loader.load_sweep_config(master, ["seed=1"]))

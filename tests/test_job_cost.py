@@ -114,12 +114,14 @@ def sweep_start_and_end(*overrides: str) -> tuple[int, int]:
         master = compose("config", overrides=["logger=none", *overrides], return_hydra_config=True)
         callback = SweepCallback()
         callback.on_multirun_start(master)
-        started = gc.get_freeze_count()
-        cycle = [[]]  # made after the freeze: still collected during the sweep
-        cycle[0].append(cycle)
-        del cycle
-        assert gc.collect() > 0
-        callback.on_multirun_end(master)
+        try:
+            started = gc.get_freeze_count()
+            cycle = [[]]  # made after the freeze: still collected during the sweep
+            cycle[0].append(cycle)
+            del cycle
+            assert gc.collect() > 0
+        finally:
+            callback.on_multirun_end(master)
         return started, gc.get_freeze_count()
 
 
@@ -152,7 +154,7 @@ def callback_factory():
     return [type("FromFactory", (pl.Callback,), {})()]
 
 
-def test_lightnings_callback_factories_are_looked_up_once_and_still_called_for_every_trainer(monkeypatch):
+def test_lightnings_callback_factories_are_looked_up_once_and_still_called_for_every_trainer(monkeypatch, request):
     from importlib import metadata
 
     import pytorch_lightning as pl
@@ -167,10 +169,26 @@ def test_lightnings_callback_factories_are_looked_up_once_and_still_called_for_e
     monkeypatch.setattr(metadata, "entry_points", lambda **kw: lookups.append(kw) or found)
     monkeypatch.setattr(registry, "entry_points", registry.entry_points)  # put back after the test
     callback_factories._group.cache_clear()
+    request.addfinalizer(callback_factories._group.cache_clear)  # later Trainers must not find the test's factory
     callback_factories.install()
     trainers = [pl.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False,
                            enable_model_summary=False) for _ in range(3)]
     made = [[c for c in t.callbacks if type(c).__name__ == "FromFactory"] for t in trainers]
     assert [len(m) for m in made] == [1, 1, 1] and made[0][0] is not made[1][0]  # a new one for every Trainer
     assert lookups == [{"group": group}]  # Lightning asked through registry.entry_points, once
-    callback_factories._group.cache_clear()
+
+
+def test_a_sweep_that_fails_still_puts_the_frozen_objects_back():
+    """Hydra skips the sweep callback's end when the sweep raises: the command's own exit puts them back."""
+    import gc
+
+    from rmlab import collector
+    from rmlab.exits import run_command
+
+    def failing_sweep():
+        assert collector.freeze_for_sweep()
+        raise RuntimeError("a sweeper's bug")
+
+    with pytest.raises(SystemExit):
+        run_command(failing_sweep)
+    assert gc.get_freeze_count() == 0

@@ -283,10 +283,36 @@ def test_a_linked_point_kept_for_the_unsent_metrics_file_is_linked_when_replayed
     monkeypatch.setattr(tracker.client, "log_batch", Outage(tracker.client.log_batch, failures=10**9))
     with pytest.raises(MetricsNotStored):
         tracker.finish("FINISHED")
-    _, points = spool.read(tracker.unsent_path)
+    header, points = spool.read(tracker.unsent_path)
     assert {(p.key, p.model_id) for p in points} == {("test/reward", model_id), ("train/loss", None)}
+    assert header["format"] == spool.LINKED_FORMAT
     monkeypatch.undo()
     assert replay.main([str(tracker.unsent_path), "--tracking-uri", tracker.uri]) == 0
     client = MlflowClient(tracker.uri)
     assert [(m.key, m.value) for m in client.get_logged_model(model_id).metrics] == [("test/reward", 0.5)]
     assert client.get_run(tracker.run_id).info.status == "FINISHED"
+
+
+def test_a_model_whose_test_metrics_cannot_be_stored_is_never_ready(workdir, monkeypatch):
+    """The test point is already on its way to the store (sent as soon as logged) when the model is logged; the
+    store then goes away: the model ends FAILED and the run says it is not stored, never READY without its metrics."""
+    from rmlab.build import build_components
+    from rmlab.serving.export import _link_metrics, log_model
+    from tests.conftest import compose_config
+
+    cfg = compose_config("task=wine", "trainer.max_epochs=1")
+    parts = build_components(cfg)
+    tracker = Tracker(None, "links", flush_every_s=0.0, retry_s=0.3)
+    tracker.start("r", {})
+    tracker.log_metrics({"test/reward": 0.25}, step=2)
+    model_id = logged_model(tracker)
+    _link_metrics(tracker, model_id, 2, {"test/reward": 0.25})  # the store is up: linked once the point is stored
+    assert [(m.key, m.value) for m in tracker.client.get_logged_model(model_id).metrics] == [("test/reward", 0.25)]
+    assert [m.value for m in tracker.client.get_metric_history(tracker.run_id, "test/reward")] == [0.25]
+
+    monkeypatch.setattr(tracker.client, "log_batch", Outage(tracker.client.log_batch, failures=10**9))
+    tracker.log_metrics({"test/reward": 0.5}, step=3)
+    assert tracker.upload("the MLflow model", log_model, tracker, cfg, parts, 3, {"test/reward": 0.5}) is None
+    assert tracker.not_stored == ["the MLflow model"]
+    models = tracker.client.search_logged_models([tracker.experiment_id])
+    assert sorted(m.status for m in models) == ["FAILED", "PENDING"]  # ours, and the one made by hand above

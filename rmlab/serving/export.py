@@ -145,11 +145,11 @@ def log_model(tracker: Any, cfg: DictConfig, parts: Any, step: int, metrics: dic
                                    model_id=model.model_id))
             client.log_model_artifacts(model.model_id, str(path))
         client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
+        _link_metrics(tracker, model.model_id, step, metrics)
         client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
     except BaseException:
         client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
         raise
-    _link_metrics(tracker, model.model_id, step, metrics)
     if register_as:
         register(client, register_as, model, run_id)
     return model.model_id
@@ -157,14 +157,27 @@ def log_model(tracker: Any, cfg: DictConfig, parts: Any, step: int, metrics: dic
 
 def _link_metrics(tracker: Any, model_id: str, step: int, metrics: dict[str, float]) -> None:
     """Attach the run's points of ``metrics`` at ``step`` to the model. A point still waiting in the tracker's buffer
-    is linked there and stored once, linked, with the run's next batch of metrics (its final one): no write of its
-    own. A point already sent is re-logged with its timestamp (the run's history gains no second point); only the
-    others (a resumed run's points stored by an earlier process) are read back from the store."""
+    (the usual case: the test metrics) is linked there and stored once, linked, with the run's final batch of
+    metrics: no write of its own. (A process killed outright before that batch leaves the model READY without them;
+    an interrupt or an error still stores the batch, or keeps it, linked, in the unsent-metrics file.) Any other
+    point is linked once every batch in flight is stored: a point the tracker sent is re-logged with its timestamp
+    (the run's history gains no second point); only the others (a resumed run's points stored by an earlier
+    process) are read back from the store."""
     from mlflow.entities import Metric
 
+    elsewhere = tracker.link_waiting(model_id, metrics, step)
+    if not elsewhere:
+        return
+    if not tracker.drain():  # a point in a batch still being sent is no stored point yet
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+        # As an upload that finds the store away: the model is not finalized READY, and it is reported not stored.
+        raise MlflowException("the store took no metrics: they wait for the unsent-metrics file",
+                              TEMPORARILY_UNAVAILABLE)
     client, run_id = tracker.client, tracker.run_id
     points = []
-    for key in tracker.link_waiting(model_id, metrics, step):
+    for key in elsewhere:
         sent = tracker.sent_point(key, step)
         stored = [sent] if sent is not None else [m for m in client.get_metric_history(run_id, key) if m.step == step]
         points += [Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id) for m in stored[-1:]]
