@@ -14,14 +14,15 @@ Prints one JSON object per line:
   into a temporary sqlite store;
 - ``startup``: wall time of a whole default run (``python -m rmlab``), the time from the command to its first
   training step, of ``python -m rmlab --help``, and of a command with a config error until its one-line error;
-- ``sweep_tiny`` / ``sweep_small``: a 12-job sweep in one ``python -m rmlab -m`` command, of tiny runs (wine, 5
-  epochs) and of default runs: wall time per job (the sweep's start-up included, and after it), against one
+- ``sweep_tiny`` / ``sweep_small`` / ``sweep_groups``: a 12-job sweep in one ``python -m rmlab -m`` command, of tiny
+  runs (wine, 5 epochs), of default runs (seeds), and of default runs over three losses (config groups) x seeds: wall
+  time per job (the sweep's start-up included, and after it), against one
   standalone run's wall time and against the pure training time (fit) of a job; and ``added_job_s``, what one more
   job costs: the wall time of a 36-job sweep minus the 12-job one, over the 24 jobs it adds (everything a job brings
   counted: the composition of its config, which the sweeper does for every job before the first one starts, its
   run, its share of the summary). ``added_job_over_fit`` is the sweep-job ratio.
 
-    python bench/benchmark.py                    # everything (about 8 minutes on 2 cores)
+    python bench/benchmark.py                    # everything (about 10 minutes on 2 cores)
     python bench/benchmark.py --only cases --pairs 5
     python bench/benchmark.py --only sweep
     python bench/benchmark.py --only sweep --threads 1   # on a machine shared with other work (also --only cases)
@@ -211,14 +212,16 @@ def config_error_s(cwd, tries: int = 5) -> float:
     return statistics.median(times)
 
 
-SWEEP_CASES = {
-    "sweep_tiny": ["task=wine", "trainer.max_epochs=5"],  # about 20 ms of training: pure overhead
-    "sweep_small": ["task=digits"],  # the default run: about half a second of training
+SWEEP_CASES = {  # (every run's overrides, the sweep's own axis besides the seeds and its size)
+    "sweep_tiny": (["task=wine", "trainer.max_epochs=5"], None, 1),  # about 20 ms of training: pure overhead
+    "sweep_small": (["task=digits"], None, 1),  # the default run: about a third of a second of training
+    # Three losses (config groups) x seeds: three compositions kept instead of one (rmlab.compose_template).
+    "sweep_groups": (["task=digits"], "loss=cross_entropy,gce,sce", 3),
 }
 
 
 def bench_sweep(jobs: int = 12, threads: int | None = None) -> None:
-    for case, overrides in SWEEP_CASES.items():
+    for case, (overrides, axis, size) in SWEEP_CASES.items():
         cwd = tempfile.mkdtemp(prefix="rmlab-bench-")
         args = [*overrides, "trainer.enable_progress_bar=false"]
         if threads is not None:
@@ -226,7 +229,12 @@ def bench_sweep(jobs: int = 12, threads: int | None = None) -> None:
         # Creates the store; with a seed no job of the sweeps has, so that every job trains (none is reused).
         run_cli([*args, "seed=100000"], cwd)
         _, standalone = run_cli([*args, "seed=100001"], cwd)
-        started, sweep_wall = run_cli(["-m", *args, "seed=" + ",".join(str(s) for s in range(jobs))], cwd)
+        sweep = [*args, *([axis] if axis else [])]
+
+        def seeds(first: int, count: int) -> str:
+            return "seed=" + ",".join(str(s) for s in range(first, first + count // size))
+
+        started, sweep_wall = run_cli(["-m", *sweep, seeds(0, jobs)], cwd)
         runs = last_runs(cwd, jobs)
         fit = statistics.median(r.data.metrics["perf_fit_s"] for r in runs)
         # The sweep's one-off start-up (imports, store, parent run, and the composition of every job's config, which
@@ -234,7 +242,7 @@ def bench_sweep(jobs: int = 12, threads: int | None = None) -> None:
         startup = min(r.info.start_time for r in runs) / 1000 - started
         # What one more job costs, everything included (its composition, its run, its share of the summary): a sweep
         # of three times as many jobs (new seeds) against this one.
-        _, long_wall = run_cli(["-m", *args, "seed=" + ",".join(str(s) for s in range(jobs, 4 * jobs))], cwd)
+        _, long_wall = run_cli(["-m", *sweep, seeds(jobs, 3 * jobs)], cwd)
         long_fit = statistics.median(r.data.metrics["perf_fit_s"] for r in last_runs(cwd, 3 * jobs))
         added = (long_wall - sweep_wall) / (2 * jobs)
         per_job = sweep_wall / jobs
