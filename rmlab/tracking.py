@@ -151,6 +151,7 @@ class Tracker:
         self.experiment = experiment
         self.experiment_id: str | None = None
         self.run_id: str | None = None
+        self.artifact_uri: str | None = None  # where the run's artifacts go, as the store said when it made the run
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rmlab-metrics")
         self._pending: list[Future] = []
         # Owned by the sending thread while batches are pending; read by flush() once they are done.
@@ -170,6 +171,7 @@ class Tracker:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
         self.run_id = run.info.run_id
+        self.artifact_uri = run.info.artifact_uri
         Tracker.opened += 1
         self._last_send = time.monotonic()  # the flush interval counts from the run's start, not the store's opening
         return self.run_id
@@ -196,7 +198,8 @@ class Tracker:
     def attach(self, run_id: str) -> None:
         """Record on an existing run (a sweep's parent, from the process that opened it)."""
         self.run_id = run_id
-        self.experiment_id = self.client.get_run(run_id).info.experiment_id
+        info = self.client.get_run(run_id).info
+        self.experiment_id, self.artifact_uri = info.experiment_id, info.artifact_uri
 
     def log_params(self, params: Mapping[str, str], tags: Mapping[str, str] | None = None) -> None:
         """Store ``params`` (and ``tags``, if given, in the same write: one store transaction, not two)."""
@@ -351,7 +354,7 @@ class Tracker:
                 file = Path(tmp) / name
                 file.parent.mkdir(parents=True, exist_ok=True)
                 file.write_text(redact(text), encoding="utf-8")
-            self.client.log_artifacts(self.run_id, tmp)
+            artifact_repository(self.artifact_uri, self.uri).log_artifacts(tmp)
 
     def log_table(self, data: Mapping[str, list], artifact_file: str) -> None:
         """Append rows (column -> values) to the run's table ``artifact_file`` (``.json``; MLflow's table artifact,
@@ -457,6 +460,17 @@ class Tracker:
     def delete(self) -> None:
         """Delete this run (a sweep parent that no job ever used)."""
         self.client.delete_run(self.run_id)
+
+
+def artifact_repository(artifact_uri: str, tracking_uri: str) -> Any:
+    """The artifact store at ``artifact_uri`` (a run's or a logged model's), the repository MLflow's client would use
+    for it (same class, same arguments), without the query the client makes first to read that location back (a
+    ``get_run`` per run, a ``get_logged_model`` per model) when the caller holds it already."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
+
+    return get_artifact_repository(add_databricks_profile_info_to_artifact_uri(artifact_uri, tracking_uri),
+                                   tracking_uri=tracking_uri)
 
 
 def child_runs(client: Any, parent: str) -> list:

@@ -100,6 +100,10 @@ def test_parallel_sweep_lands_in_postgres_and_the_password_nowhere(team, tmp_pat
         client.download_artifacts(run.info.run_id, "", str(folder))
         for path in folder.rglob("*"):
             assert not path.is_file() or SECRET.encode() not in path.read_bytes(), path
+        if run.data.tags.get("rmlab.role") != "parent":  # uploaded through the server, its password in the URI
+            assert (folder / "config.yaml").is_file() and (folder / "command.txt").is_file()
+            [output] = run.outputs.model_outputs  # its model's files went up through the server too
+            assert client.get_logged_model(output.model_id).status == "READY"
     assert SECRET not in out
     logs = list(sweep_dir.rglob("*.log"))
     assert logs and not [p for p in logs if SECRET in p.read_text()]

@@ -114,6 +114,7 @@ def log_model(tracker: Any, cfg: DictConfig, parts: Any, step: int, metrics: dic
 
     from rmlab.serving import model_code
     from rmlab.serving.pyfunc import SPEC_FILE, WEIGHTS_FILE
+    from rmlab.tracking import artifact_repository
 
     io_cls = io_class_for(parts.info)
     if io_cls is None:
@@ -143,7 +144,7 @@ def log_model(tracker: Any, cfg: DictConfig, parts: Any, step: int, metrics: dic
                 # Where the artifacts will live and whose they are, as MLflow's own Model.log records it.
                 mlflow_model=Model(artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=run_id,
                                    model_id=model.model_id))
-            client.log_model_artifacts(model.model_id, str(path))
+            artifact_repository(model.artifact_location, tracker.uri).log_artifacts(str(path))
         client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
         _link_metrics(tracker, model.model_id, step, metrics)
         client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
