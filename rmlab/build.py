@@ -248,12 +248,10 @@ def build_components(cfg: DictConfig, validated: bool = False) -> Components:
 def check_generation_unused(cfg: DictConfig, info: Any) -> None:
     """The ``generation`` group only applies where the model writes text: on other tasks a setting that differs from
     the default would be silently ignored, so it is refused, naming what was set."""
-    from rmlab.paths import CONFIG_DIR
+    from rmlab.paths import read_yaml
 
     # Unresolved on both sides: the default's seed is ${seed}, which only the whole config resolves.
-    path = CONFIG_DIR / "generation" / "greedy.yaml"
-    stat = path.stat()
-    default = _generation_default(str(path), stat.st_mtime_ns, stat.st_size)
+    default = read_yaml(CONFIG_DIR / "generation" / "greedy.yaml")
     given = OmegaConf.to_container(cfg.generation, resolve=False)
     changed = [f"generation.{k}={given.get(k)}" for k in sorted(set(default) | set(given))
                if given.get(k) != default.get(k)]
@@ -262,12 +260,6 @@ def check_generation_unused(cfg: DictConfig, info: Any) -> None:
             f"{', '.join(changed)} does not apply to task={info.name}: the generation group sets how a language model "
             f"writes its completions, and this task's model outputs {info.output_kind!r}, not text. Leave generation "
             "at its default (greedy) here")
-
-
-@lru_cache(maxsize=4)
-def _generation_default(path: str, mtime_ns: int, size: int) -> dict:
-    """The default generation settings, read once per version of their file (each job of a sweep checks them)."""
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
 
 
 def initialise_model(cfg: DictConfig, model: Any) -> str | None:

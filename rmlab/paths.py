@@ -1,5 +1,6 @@
 """Where rmlab's configs live: ``rmlab/conf`` inside an installed wheel, ``conf/`` at the top of a source checkout."""
 
+from functools import lru_cache
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -34,3 +35,18 @@ def expose_plugins() -> None:
     folder = str(Path(spec.origin).resolve().parent.parent)
     if folder not in [str(Path(p).resolve()) for p in hydra_plugins.__path__ if Path(p).is_dir()]:
         hydra_plugins.__path__.append(folder)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML file as plain containers (interpolations left as written), parsed once per version of the file (its
+    size and modification time): what every job of a sweep reads again (the sweep's saved ``multirun.yaml``, a
+    group's default options) costs one parse per process. The answer is shared: read it, never change it."""
+    stat = Path(path).stat()
+    return _read_yaml(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=16)
+def _read_yaml(path: str, mtime_ns: int, size: int) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)

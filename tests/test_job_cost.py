@@ -10,7 +10,6 @@ import pytest
 from mlflow.utils import environment
 from omegaconf import OmegaConf
 
-from rmlab import provenance
 from rmlab.serving import export
 from rmlab.tasks.sklearn_data import SklearnTask
 
@@ -49,23 +48,20 @@ def test_the_skipped_check_could_not_have_found_a_mismatch():
     assert [r for r in export.requirements() if _check_requirement_satisfied(r) is not None] == []
 
 
-def test_the_sweeps_overrides_are_read_once_per_version_of_the_file(tmp_path, monkeypatch):
+def test_a_yaml_file_is_parsed_once_per_version_of_the_file(tmp_path, monkeypatch):
+    from rmlab.paths import read_yaml
+
     saved = tmp_path / "multirun.yaml"
     saved.write_text("hydra:\n  overrides:\n    task:\n    - optimizer.lr=1e-3,1e-4\n")
     loads = []
     load = OmegaConf.load
     monkeypatch.setattr(OmegaConf, "load", lambda path: loads.append(path) or load(path))
-    provenance._sweep_overrides.cache_clear()
-
-    def read():
-        stat = saved.stat()
-        return provenance._sweep_overrides(str(saved), stat.st_mtime_ns, stat.st_size)
-
-    assert read() == read() == ("optimizer.lr=1e-3,1e-4",)
+    assert read_yaml(saved) == read_yaml(saved) == {"hydra": {"overrides": {"task": ["optimizer.lr=1e-3,1e-4"]}}}
     assert len(loads) == 1
-    saved.write_text("hydra:\n  overrides:\n    task:\n    - optimizer.lr=1e-2,1e-5\n    - seed=1\n")
+    saved.write_text("hydra:\n  overrides:\n    task:\n    - optimizer.lr=1e-2,1e-5\n    - seed=${x}\n")
     os.utime(saved, ns=(saved.stat().st_atime_ns, saved.stat().st_mtime_ns + 1))
-    assert read() == ("optimizer.lr=1e-2,1e-5", "seed=1") and len(loads) == 2
+    assert read_yaml(saved)["hydra"]["overrides"]["task"] == ["optimizer.lr=1e-2,1e-5", "seed=${x}"]
+    assert len(loads) == 2
 
 
 def test_a_dataset_read_once_per_process_gives_the_same_splits_and_stays_unchanged():
