@@ -141,26 +141,39 @@ class SweepCallback(Callback):
 
 
 def _check_sources(config: DictConfig) -> None:
-    """The earlier runs every job of the sweep starts from (``init_from``, ``reward.init_from`` given once on the
-    command line, not swept), checked once before any job: a wrong id or path stops the sweep with one line instead
+    """The earlier runs every job of the sweep starts from (``init_from``, ``reward.init_from`` given once, not
+    swept: a swept one is each job's to check), checked once before any job: a wrong id or path stops the sweep with one line instead
     of failing each of its jobs. Each job still reads (and fully checks) them itself."""
     from rmlab.errors import ConfigError
     from rmlab.init_from import check_source
 
+    swept = _swept_keys(config)
     sources = [("", config, config.logger.get("tracking_uri"))]
     reward = config.get("reward")
     if isinstance(reward, DictConfig) and "init_from" in reward.keys():  # `in reward` is False for a missing value
-        if OmegaConf.is_missing(reward, "init_from"):
+        if OmegaConf.is_missing(reward, "init_from") and "reward.init_from" not in swept:
             raise ConfigError(f"reward.init_from is required by reward={reward.get('name')}: give the run id (or "
                               "checkpoint path) of the model it uses")
         sources.append(("reward.", reward, reward.get("tracking_uri")))
     for prefix, node, uri in sources:
+        if {f"{prefix}init_from", f"{prefix}tracking_uri" if prefix else "logger.tracking_uri"} & swept:
+            continue  # each job has its own: it checks it itself
         value = node.get("init_from")
         if isinstance(value, str) and value.strip():
             try:
                 check_source(value, uri)
             except ConfigError as err:
                 raise ConfigError(f"{prefix}{err}") from None
+
+
+def _swept_keys(config: DictConfig) -> set[str]:
+    """The keys the sweep gives several values: on the command line (``key=a,b``) or in a preset's sweeper params."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    swept = {o.key_or_group.lstrip("+~") for o in parsed if o.is_sweep_override()}
+    params = config.hydra.sweeper.get("params") or {}
+    return swept | {str(key).lstrip("+~") for key in params}
 
 
 def _open_parent(config: DictConfig, options: SweepOptions) -> ParentRun:

@@ -391,3 +391,11 @@ def test_yaml_lists_arrive_as_listconfig() -> None:
     cfg.pop("name")
     cfg.class_weights = [1.0, 2.0]
     assert hydra.utils.instantiate(cfg).class_weights.tolist() == [1.0, 2.0]
+
+
+def test_a_dpo_variants_errors_name_the_loss_the_user_chose():
+    from rmlab.errors import ConfigError
+    from rmlab.losses.preference_lm import DPOIPO
+
+    with pytest.raises(ConfigError, match=r"^dpo_ipo: beta must be > 0"):
+        DPOIPO(beta=-1.0)

@@ -93,3 +93,16 @@ def test_extra_columns_are_summarised_like_the_fixed_ones_and_a_missing_one_is_n
     assert summary.missing_metrics(records, ["train/kl", "test/gold_reward", "val/typo"]) == [
         "No finished job logged val/typo: its column is blank."]
     assert summary.missing_metrics([records[3]], ["val/typo"]) == []  # nothing finished: nothing to say
+
+
+def test_a_swept_source_is_left_to_each_job(tmp_path):
+    """reward.init_from given several values (two reward models compared in one sweep) is each job's own: the
+    start-up check neither asks for it nor checks the first; each job checks its own (here: both missing files)."""
+    proc = subprocess.run([PYTHON, "-m", "rmlab", "-m", "sweep=overoptimisation", "reward.init_from=no/a.ckpt,no/b.ckpt",
+                           "trainer.num_threads=1",
+                           f"hydra.sweep.dir={tmp_path / 's'}"], cwd=tmp_path, env=cli_env(), capture_output=True,
+                          text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out  # the jobs failed, the sweep ran them
+    assert "is required" not in out
+    assert "reward.init_from=no/a.ckpt: no such file" in out and "reward.init_from=no/b.ckpt: no such file" in out

@@ -120,7 +120,7 @@ SCENARIOS = {
     "grid": (grid_then_rerun, ("test_grid_parent_children_and_summary", "test_rerun_reuses_finished_jobs")),
     "joblib": (lambda cwd: run_sweep(cwd, *GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"),
                ("test_parallel_joblib_sweep_on_fresh_store_loses_nothing",)),
-    "failing": (lambda cwd: (run_sweep(cwd, "optimizer.lr=0.001,-1"),
+    "failing": (lambda cwd: (run_sweep(cwd, "optimizer.lr=1e-3,-1"),
                              run_sweep(cwd, "loss=gce,hubber", sweep_dir="typo"),
                              run_sweep(cwd / "trainer", "trainer.strategy=auto,bogus_strategy")),
                 ("test_failed_job_is_counted_and_sweep_goes_on",)),
@@ -234,7 +234,8 @@ def test_failed_job_is_counted_and_sweep_goes_on(sweeps):
     parent = sweep.parent()
     assert parent.info.status == "FINISHED" and parent.data.tags["failures"] == "1"
     by_lr = {c.data.tags["rmlab.overrides"].split("optimizer.lr=")[1]: c for c in sweep.children(parent)}
-    assert by_lr["0.001"].info.status == "FINISHED"
+    assert by_lr["0.001"].info.status == "FINISHED"  # Hydra hands the job its value rewritten ...
+    assert by_lr["0.001"].data.params["optimizer.lr"] == "1e-3"  # ... the param reads as typed (multirun.yaml)
     assert by_lr["-1"].info.status == "FAILED" and "optimizer.lr" in by_lr["-1"].data.tags["error"]
     rows = {r["optimizer.lr"]: r for r in read_csv(sweep.sweep_dir / "summary.csv")}
     assert (rows["-1"]["n"], rows["-1"]["failed"], rows["-1"]["test/reward_mean"]) == ("0", "1", "")

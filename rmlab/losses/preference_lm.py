@@ -124,13 +124,13 @@ class DPO(PreferenceLoss):
 
     def __init__(self, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0) -> None:
         super().__init__()
-        self.beta = _positive("dpo", "beta", beta)
+        self.beta = _positive(self.name, "beta", beta)
         if loss_type not in DPO_LOSS_TYPES:
-            raise ConfigError(f"dpo: loss_type must be one of {', '.join(DPO_LOSS_TYPES)}, got {loss_type!r}")
+            raise ConfigError(f"{self.name}: loss_type must be one of {', '.join(DPO_LOSS_TYPES)}, got {loss_type!r}")
         self.loss_type = loss_type
-        self.label_smoothing = _smoothing("dpo", label_smoothing)
+        self.label_smoothing = _smoothing(self.name, label_smoothing)
         if self.label_smoothing and loss_type != "sigmoid":
-            raise ConfigError(f"dpo: label_smoothing applies to loss_type=sigmoid only (conservative DPO), got "
+            raise ConfigError(f"{self.name}: label_smoothing applies to loss_type=sigmoid only (conservative DPO), got "
                               f"label_smoothing={self.label_smoothing} with loss_type={loss_type}")
 
     def forward(self, output: PairLogps, target: PairLogps | None) -> Tensor:
