@@ -3,7 +3,7 @@
 ``hydra.callbacks.rmlab_sweep`` (conf/config.yaml) takes, beside its ``_target_``:
 
 - ``metrics``: extra columns of the summary, each ``train/<name>``, ``val/<name>`` or ``test/<name>`` (a child's last
-  logged value of that metric, summarised as mean ± std over seeds like the fixed columns);
+  logged value of that metric, summarised as mean ± std over seeds like the fixed columns, which it may not repeat);
 - ``plot``: an extra figure for the parent run: null, or ``overoptimisation`` (``rmlab.overoptimisation``).
 
 Any other key, or a value of the wrong form, stops the command before anything is created (no sweep folder, no run),
@@ -49,9 +49,14 @@ def _metrics(value: Any) -> tuple[str, ...]:
     items = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
     if isinstance(items, str) or not isinstance(items, Sequence):
         raise ConfigError(f"{PREFIX}.metrics must be a list of metric names, each {_METRIC_FORMS}; got {value!r}")
+    from rmlab.summary import METRICS
+
     for item in items:
         if not isinstance(item, str) or not _METRIC.fullmatch(item):
             raise ConfigError(f"{PREFIX}.metrics: {item!r} is not a metric name: each must be {_METRIC_FORMS}")
+        if item in METRICS:
+            raise ConfigError(f"{PREFIX}.metrics: {item} is a column of every summary already ({', '.join(METRICS)}): "
+                              "list only extra ones")
     return tuple(dict.fromkeys(items))  # a name listed twice is one column
 
 

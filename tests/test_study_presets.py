@@ -22,7 +22,7 @@ from tests.test_sweeps import _compose_hydra
 
 STUDIES = {
     "policy_study": ("reverse", {"feedback": ["none", "grpo", "rloo"]},
-                     SweepOptions(("test/reward", "train/kl"))),
+                     SweepOptions(("train/kl",))),
     "preference_study": ("reverse_preference",
                          {"loss": ["dpo", "dpo_ipo", "simpo"], "optimizer.lr": ["1e-5", "5e-5", "5e-4"]},
                          SweepOptions(("test/implicit_accuracy", "test/perplexity"))),

@@ -30,6 +30,7 @@ def test_valid_options_keep_their_order_and_a_repeated_name_is_one_column():
     ({"metrics": ["gold_reward"]}, r"metrics: 'gold_reward' is not a metric name: each must be train/<name>"),
     ({"metrics": ["test/"]}, r"'test/' is not a metric name"),
     ({"metrics": [3]}, r"3 is not a metric name"),
+    ({"metrics": ["train/kl", "test/reward"]}, r"metrics: test/reward is a column of every summary already"),
     ({"plot": "overoptimization"}, r"plot must be null or one of overoptimisation; got 'overoptimization'$"),
     ({"plot": True}, r"plot must be null or one of overoptimisation; got True$"),
 ])
