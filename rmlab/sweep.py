@@ -121,8 +121,12 @@ class SweepCallback(Callback):
             _check_sources(config)
         except ConfigError as err:
             raise Abort(err) from err
-        # Untracked jobs (see rmlab.run.train) get no parent: it would stay empty.
-        if config.logger.name == "mlflow" and not config.trainer.get("fast_dev_run"):
+        # Untracked jobs (see rmlab.run.train) get no parent: it would stay empty, and so no summary.
+        tracked = config.logger.name == "mlflow" and not config.trainer.get("fast_dev_run")
+        if not tracked and (self.options.metrics or self.options.plot):
+            log.warning("rmlab: the sweep's jobs are untracked (logger=none or trainer.fast_dev_run): no summary, so "
+                        "hydra.callbacks.rmlab_sweep.metrics and .plot are not used")
+        if tracked:
             try:
                 self.parent = _open_parent(config, self.options)
             except Exception as err:

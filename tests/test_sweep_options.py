@@ -107,3 +107,19 @@ def test_a_swept_source_is_left_to_each_job(tmp_path):
     assert proc.returncode == 1, out  # the jobs failed, the sweep ran them
     assert "is required" not in out
     assert "reward.init_from=no/a.ckpt: no such file" in out and "reward.init_from=no/b.ckpt: no such file" in out
+
+
+def test_summary_options_of_an_untracked_sweep_are_said_unused(caplog):
+    from hydra import compose, initialize_config_dir
+
+    from rmlab.paths import CONFIG_DIR
+    from rmlab.sweep import SweepCallback
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        master = compose("config", overrides=["logger=none", "hydra/launcher=joblib"], return_hydra_config=True)
+        callback = SweepCallback(metrics=["train/kl"])
+        with caplog.at_level("WARNING", logger="rmlab"):
+            callback.on_multirun_start(master)
+            callback.on_multirun_end(master)
+    assert "hydra.callbacks.rmlab_sweep.metrics and .plot are not used" in caplog.text
+    assert callback.parent is None
