@@ -41,6 +41,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from rmlab.composed import compose  # noqa: E402  (this checkout's rmlab)
+
 CASES = {
     "overhead_bound": ["task=digits", "model=mlp"],
     "few_seconds": ["task=digits", "model=mlp", "trainer.max_epochs=200"],
@@ -48,16 +50,6 @@ CASES = {
                       "task.n_informative=64", "task.n_classes=10", "task.batch_size=256",
                       "model.hidden_sizes=[1024,1024,1024]", "trainer.max_epochs=3"],
 }
-
-
-def compose(overrides):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from rmlab.paths import CONFIG_DIR
-
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        return hydra_compose("config", overrides=list(overrides))
 
 
 def raw_loop(cfg, out_dir: Path) -> tuple[float, float]:

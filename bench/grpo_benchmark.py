@@ -59,19 +59,11 @@ from typing import Self
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from rmlab.composed import compose  # noqa: E402  (this checkout's rmlab)
+
 RUN = ["task=reverse", "task.n_examples=1000", "model=causal_lm", "loss=cross_entropy", "feedback=grpo",
        "feedback.num_samples=8", "feedback.max_new_tokens=12", "reward=exact_match", "trainer.max_epochs=1",
        "generation.max_new_tokens=12", "trainer.enable_progress_bar=false"]
-
-
-def compose(overrides):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from rmlab.paths import CONFIG_DIR
-
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        return hydra_compose("config", overrides=list(overrides))
 
 
 class Span:

@@ -31,21 +31,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from rmlab.composed import compose  # noqa: E402  (this checkout's rmlab)
+
 TRAINING = [f"hydra.searchpath=[file://{REPO}/tests/conf]", "task=tiny_reverse", "reward=tiny_exact_match",
             "task.n_examples=2000", "task.min_length=8", "task.max_length=24", "task.alphabet=abcdefghijklmnop",
             "task.batch_size=32", "model=causal_lm", "model.width=128", "model.depth=2", "model.max_length=64",
             "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=3", "generation.max_new_tokens=32",
             "trainer.enable_progress_bar=false"]
-
-
-def compose(overrides):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from rmlab.paths import CONFIG_DIR
-
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        return hydra_compose("config", overrides=list(overrides))
 
 
 def raw_loop(cfg) -> float:

@@ -58,9 +58,9 @@ def bench_trainer() -> None:
     from rmlab.build import build_components
     from rmlab.data import TaskDataModule
     from rmlab.run import make_callbacks, make_trainer
-    from tests.conftest import compose_config
+    from rmlab.composed import compose
 
-    cfg = compose_config("task=digits", "trainer.enable_progress_bar=false")
+    cfg = compose(["task=digits", "trainer.enable_progress_bar=false"])
     data = TaskDataModule(build_components(cfg).task, seed=0, steps_per_chunk=32, limit_train_batches=None)
     out = Path(tempfile.mkdtemp(prefix="rmlab-bench-"))
 

@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from rmlab.composed import compose
 from rmlab.paths import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parent.parent
@@ -16,8 +16,7 @@ FAST = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false", "trainer.lo
 
 
 def compose_config(*overrides: str, config_dir: Path = CONFIG_DIR) -> DictConfig:
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir)):
-        return compose("config", overrides=list(overrides))
+    return compose(overrides, config_dir)
 
 
 @pytest.fixture
