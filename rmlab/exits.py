@@ -90,6 +90,11 @@ def _ended(err: BaseException, full: bool) -> int:
     if sweep_parent.is_hydra_config_error(err):
         print(f"rmlab: error: {hydra_error_line(err)}", file=sys.stderr)
         return 2
+    variable = _unset_copied_variable(err)
+    if variable is not None:
+        print(f"rmlab: error: hydra.job.env_copy names {variable}, which is not set in the environment: set it, or "
+              "leave it out of hydra.job.env_copy", file=sys.stderr)
+        return 2
     if isinstance(err, ConfigError) or _bad_flags(err):
         print(f"rmlab: error: {redact(str(err))}", file=sys.stderr)
         return 2
@@ -151,6 +156,16 @@ def hydra_error_line(err: BaseException) -> str:
     return joined.replace("In 'config': ", "")
 
 
+def _unset_copied_variable(err: BaseException) -> str | None:
+    """The variable named in ``hydra.job.env_copy`` that is not set, when composing the config failed on it (Hydra
+    raises a bare KeyError from ``os.environ``, as does ``rmlab.compose_template``, which copies it the same way)."""
+    if not isinstance(err, KeyError) or not err.args:
+        return None
+    copying = any("env_set[key] = os.environ[key]" in (frame.line or "")
+                  for frame in traceback.extract_tb(err.__traceback__))
+    return str(err.args[0]) if copying else None
+
+
 def unknown_key_line(key: str) -> str | None:
     """``loss.deltaa is not a key of loss (cross_entropy): its keys are label_smoothing, class_weights`` with a
     suggestion when one is close; None when the valid keys cannot be found (the line then keeps Hydra's text)."""
@@ -166,10 +181,13 @@ def unknown_key_line(key: str) -> str | None:
 
 
 def _valid_keys(parent: str, bad_key: str) -> tuple[list[str], str | None] | None:
-    """The keys of ``parent`` in the config the command line composes without ``bad_key`` (sweeps at their first
-    value) and the name of the option selected there (``huber`` for ``loss``), or None if that config cannot be
-    composed either."""
+    """The keys of ``parent`` and the name of the option selected there (``mse`` for ``loss``) in the first job of
+    the command line (without ``bad_key``) whose ``parent`` lacks ``bad_key``: in a sweep over options
+    (``loss=huber,mse loss.delta=0.5``) the option that has no such key, not merely the first one. None if no such
+    config can be composed."""
     try:
+        import itertools
+
         from hydra import compose, initialize_config_dir
         from hydra.core.global_hydra import GlobalHydra
         from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -178,28 +196,31 @@ def _valid_keys(parent: str, bad_key: str) -> tuple[list[str], str | None] | Non
         from rmlab.paths import CONFIG_DIR
 
         config_dir, config_name, overrides = _command_line(sys.argv[1:])
-        kept = []
+        choices = []  # per override: the lines of its values (one, or one per value of a sweep)
         for override in OverridesParser.create().parse_overrides(overrides):
             if override.get_key_element().lstrip("+~") == bad_key:
                 continue
-            line = override.input_line or ""
             if override.is_sweep_override():
-                value = next(iter(override.sweep_string_iterator()), None)
-                if value is None:
-                    continue
-                line = f"{override.get_key_element()}={value}"
-            kept.append(line)
+                values = [f"{override.get_key_element()}={v}" for v in override.sweep_string_iterator()]
+                if values:
+                    choices.append(values)
+            else:
+                choices.append([override.input_line or ""])
         if config_dir:
-            kept.append(f"hydra.searchpath=[file://{os.path.abspath(config_dir)}]")
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-            cfg = compose(config_name or "config", overrides=kept)
-        node = OmegaConf.select(cfg, parent) if parent else cfg
-        if not isinstance(node, DictConfig):
-            return None
-        keys = [str(k) for k in node.keys() if not str(k).startswith("_") and str(k) != "hydra"]
-        option = node.get("name") if parent else None
-        return keys, option if isinstance(option, str) else None
+            choices.append([f"hydra.searchpath=[file://{os.path.abspath(config_dir)}]"])
+        leaf = bad_key.rpartition(".")[2]
+        for kept in itertools.islice(itertools.product(*choices), 16):  # the jobs, in the sweep's order
+            GlobalHydra.instance().clear()
+            with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+                cfg = compose(config_name or "config", overrides=list(kept))
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            if not isinstance(node, DictConfig):
+                return None
+            keys = [str(k) for k in node.keys() if not str(k).startswith("_") and str(k) != "hydra"]
+            if leaf not in keys:
+                option = node.get("name") if parent else None
+                return keys, option if isinstance(option, str) else None
+        return None
     except Exception:
         return None
 

@@ -63,6 +63,11 @@ def test_unknown_group_option_names_the_choices(tmp_path):
     ("losss=huber", "losss is not a key of the config: did you mean loss? valid keys: task, model, loss, reward, "
                     "feedback, generation, optimizer, trainer, logger, seed, experiment, run_name"),
     ("sed=3", "sed is not a key of the config: did you mean seed?"),
+    # A sweep over options: the option without the key is named, not the first one.
+    ("-m loss=huber,mse loss.delta=0.5", "loss.delta is not a key of loss (mse): valid keys: name"),
+    ("hydra.job.env_copy=[RMLAB_NOT_SET_X]", "hydra.job.env_copy names RMLAB_NOT_SET_X, which is not set in the "
+                                             "environment"),
+    ("-m seed=0,1 hydra.job.env_copy=[RMLAB_NOT_SET_X]", "hydra.job.env_copy names RMLAB_NOT_SET_X"),
     ("seed=[", "no viable alternative at input '['"),
     ("-m --cfg job", "Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified"),
 ])
