@@ -256,6 +256,10 @@ def test_concurrent_first_commands_on_a_fresh_store(scenarios):
     cli = Scenario(scenario.cwd / "cli")
     assert sorted((r.data.tags["seed"], r.info.status) for r in cli.runs()) == [
         (str(seed), "FINISHED") for seed in range(4)]
+    from rmlab.init_from import OUTPUT_DIR_TAG
+
+    # Started in the same second, each wrote its own output folder (checkpoints, log, .hydra files).
+    assert len({r.data.tags[OUTPUT_DIR_TAG] for r in cli.runs()}) == 4
     assert not list((scenario.cwd / "cli").glob("*alembic_tmp*"))
 
 
