@@ -129,8 +129,10 @@ class ParentRun:
         try:
             self._lock.acquire()
         except Timeout:
-            raise ConfigError(f"hydra.sweep.dir={self.sweep_dir} is used by another sweep that is still running "
-                              f"(parent run {parent_run_id(self.sweep_dir)}): choose another folder") from None
+            other = parent_run_id(self.sweep_dir)  # None while that sweep is still opening its parent run
+            which = f" (parent run {other})" if other else ""
+            raise ConfigError(f"hydra.sweep.dir={self.sweep_dir} is used by another sweep that is still running"
+                              f"{which}: choose another folder") from None
         try:
             (self.sweep_dir / STOP_FILE).unlink(missing_ok=True)  # a folder reused after an interrupted sweep
             tracker = Tracker(self.uri, self.experiment)

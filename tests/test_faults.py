@@ -289,6 +289,7 @@ def test_interrupted_sweep_is_summarised_and_its_folder_is_its_own(scenarios):
     # A second sweep asking for the folder of a running sweep is refused before it creates anything.
     same_dir = scenario.results["same_dir"]
     assert same_dir.rc == 2 and "is used by another sweep that is still running" in same_dir.out, same_dir.out
+    assert "parent run None" not in same_dir.out
     assert not (scenario.cwd / "other" / "mlflow.db").exists()
     done = scenario.results["sweep"]
     assert done.rc == 143, done.out
