@@ -123,3 +123,26 @@ def test_summary_options_of_an_untracked_sweep_are_said_unused(caplog):
             callback.on_multirun_end(master)
     assert "hydra.callbacks.rmlab_sweep.metrics and .plot are not used" in caplog.text
     assert callback.parent is None
+
+
+def test_a_listed_column_no_job_logged_is_said_in_the_sweeps_summary(workdir):
+    from rmlab.sweep_options import SweepOptions
+    from rmlab.sweep_report import SweepReport
+    from rmlab.tracking import Tracker
+
+    parent = Tracker(None, "report", flush_every_s=3600)
+    parent.start("sweep", {})
+    children = []
+    for seed in (0, 1):
+        child = Tracker(None, "report", flush_every_s=3600)
+        child.start(f"job{seed}", {"rmlab.overrides": f"seed={seed}", "reward": "accuracy"})
+        child.log_metrics({"test/reward": 0.5 + seed / 10, "val/selected_reward": 0.5, "train/kl": 0.1 * seed},
+                          step=1)
+        child.finish("FINISHED")
+        children.append(child.get())
+    report = SweepReport(workdir / "sweep", "sweep-report", options=SweepOptions(("train/kl", "val/typo")))
+    assert report(parent, children, {c.info.run_id: "FINISHED" for c in children}, []) == 0
+    text = (workdir / "sweep" / "summary.md").read_text()
+    assert "No finished job logged val/typo: its column is blank." in text
+    assert "| train/kl | val/typo |" in text and "| 0.050 ± 0.071 |  |" in text
+    parent.finish("FINISHED")
